@@ -1,0 +1,127 @@
+//! `aggregator`: wires ingest, store and API together. Everything else lives in the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aggregator::ingest::{self, IngestLimits};
+use aggregator::metrics::Metrics;
+use aggregator::query::QueryLimits;
+use aggregator::store::{Store, StoreConfig};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(name = "aggregator", version, about = "Auto-DevOps aggregator: QUIC ingest, Parquet store, SQL API")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the aggregator.
+    Serve(ServeArgs),
+}
+
+#[derive(Parser)]
+struct ServeArgs {
+    /// Where the WAL, Parquet files and manifest live.
+    #[arg(long, default_value = "data")]
+    data_dir: PathBuf,
+    /// HTTP API, web and /metrics.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    http_listen: SocketAddr,
+    /// QUIC ingest (UDP).
+    #[arg(long, default_value = "0.0.0.0:4433")]
+    quic_listen: SocketAddr,
+    /// CA certificate that signs node certificates (PEM).
+    #[arg(long)]
+    ca: PathBuf,
+    /// This aggregator's certificate (PEM).
+    #[arg(long)]
+    cert: PathBuf,
+    /// This aggregator's private key (PEM).
+    #[arg(long)]
+    key: PathBuf,
+    /// Flush hot data to Parquet at least this often (seconds).
+    #[arg(long, default_value_t = 60)]
+    flush_interval_secs: u64,
+    /// Flush early once this many rows are in memory.
+    #[arg(long, default_value_t = 4_000_000)]
+    max_hot_rows: usize,
+    /// Most node connections at once; more are refused.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let mut cfg = StoreConfig::new(args.data_dir.clone());
+    cfg.flush_interval = Duration::from_secs(args.flush_interval_secs.max(1));
+    cfg.max_hot_rows = args.max_hot_rows;
+    let (store, report) = Store::open(cfg, metrics.clone()).with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
+    tracing::info!(
+        data_dir = %args.data_dir.display(),
+        replayed_segments = report.segments,
+        replayed_batches = report.batches,
+        replayed_samples = report.samples,
+        torn_tails = report.torn_tails,
+        orphans_removed = report.orphans_removed,
+        "store open"
+    );
+
+    let quic_config = ingest::tls::server_config(&args.ca, &args.cert, &args.key)?;
+    let endpoint = ingest::bind(args.quic_listen, quic_config)?;
+    let http = tokio::net::TcpListener::bind(args.http_listen)
+        .await
+        .with_context(|| format!("cannot bind HTTP on {}", args.http_listen))?;
+    let app = aggregator::api::router(store.clone(), metrics.clone(), QueryLimits::default())?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let limits = IngestLimits { max_connections: args.max_connections, ..Default::default() };
+    let ingest_task = tokio::spawn(ingest::run(endpoint.clone(), store.clone(), metrics.clone(), limits, shutdown_rx.clone()));
+    let flusher = tokio::spawn(store.clone().run_flusher(shutdown_rx.clone()));
+    let mut http_shutdown = shutdown_rx.clone();
+    let http_task = tokio::spawn(async move {
+        axum::serve(http, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_shutdown.changed().await;
+            })
+            .await
+    });
+    tracing::info!(http = %args.http_listen, quic = %args.quic_listen, "aggregator ready");
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down: closing ingest, flushing to Parquet");
+    let _ = shutdown_tx.send(true);
+    let _ = ingest_task.await;
+    endpoint.wait_idle().await;
+    let _ = flusher.await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

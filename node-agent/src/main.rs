@@ -1,0 +1,131 @@
+//! `node-agent`: command-line entry. Everything else lives in the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use node_agent::collect::CollectConfig;
+use node_agent::run::AgentConfig;
+
+#[derive(Parser)]
+#[command(name = "node-agent", version, about = "Scarlet, the Auto-DevOps node agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Sample this host and ship to the aggregator.
+    Run(RunArgs),
+}
+
+#[derive(Parser)]
+struct RunArgs {
+    /// Aggregator QUIC address.
+    #[arg(long, default_value = "127.0.0.1:4433")]
+    aggregator: SocketAddr,
+    /// Name in the aggregator's certificate.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// CA certificate (PEM).
+    #[arg(long)]
+    ca: PathBuf,
+    /// This node's certificate (PEM); its common name is the node name.
+    #[arg(long)]
+    cert: PathBuf,
+    /// This node's private key (PEM).
+    #[arg(long)]
+    key: PathBuf,
+    /// Node name; defaults to the hostname. Must match the certificate.
+    #[arg(long)]
+    node: Option<String>,
+    /// Sampling interval, seconds (down to 1).
+    #[arg(long, default_value_t = 1.0)]
+    interval_secs: f64,
+    /// Seconds of samples per batch.
+    #[arg(long, default_value_t = 5.0)]
+    batch_secs: f64,
+    /// Address of /metrics and /healthz.
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    metrics_listen: SocketAddr,
+    /// Most bytes of unacked batches kept; oldest are shed past it (counted).
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    max_outbox_bytes: usize,
+    /// procfs root (e.g. /host/proc in a container).
+    #[arg(long, default_value = "/proc")]
+    proc_root: PathBuf,
+    /// sysfs root.
+    #[arg(long, default_value = "/sys")]
+    sys_root: PathBuf,
+    /// cgroup filesystem root.
+    #[arg(long, default_value = "/sys/fs/cgroup")]
+    cgroup_root: PathBuf,
+    /// Most processes with their own series.
+    #[arg(long, default_value_t = 512)]
+    max_processes: usize,
+    /// Most cgroups with their own series.
+    #[arg(long, default_value_t = 512)]
+    max_cgroups: usize,
+    /// Seconds to keep delivering after SIGTERM.
+    #[arg(long, default_value_t = 10)]
+    drain_grace_secs: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let Command::Run(args) = Cli::parse().command;
+    anyhow::ensure!(args.interval_secs >= 0.1, "--interval-secs must be at least 0.1");
+    anyhow::ensure!(args.batch_secs >= args.interval_secs, "--batch-secs must be at least --interval-secs");
+    let node = match args.node {
+        Some(n) => n,
+        None => hostname()?,
+    };
+    let cfg = AgentConfig {
+        node,
+        aggregator: args.aggregator,
+        server_name: args.server_name,
+        ca: args.ca,
+        cert: args.cert,
+        key: args.key,
+        interval: Duration::from_secs_f64(args.interval_secs),
+        batch_interval: Duration::from_secs_f64(args.batch_secs),
+        metrics_listen: args.metrics_listen,
+        max_outbox_bytes: args.max_outbox_bytes,
+        collect: CollectConfig {
+            proc_root: args.proc_root,
+            sys_root: args.sys_root,
+            cgroup_root: args.cgroup_root,
+            max_processes: args.max_processes,
+            max_cgroups: args.max_cgroups,
+        },
+        drain_grace: Duration::from_secs(args.drain_grace_secs),
+    };
+    // One thread is plenty for a 1 s loop and one connection, and keeps the agent light.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(node_agent::run::run(cfg, wait_for_signal()))
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn hostname() -> anyhow::Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")?.trim().to_string();
+    anyhow::ensure!(!name.is_empty(), "empty hostname; pass --node");
+    Ok(name)
+}

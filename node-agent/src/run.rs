@@ -1,0 +1,183 @@
+//! The agent's main loop: collect every interval, batch, hand batches to the shipper.
+//!
+//! Collection never waits for the network: batches go into the bounded outbox and the
+//! client drains it on its own task. On stop, the partial batch is pushed and the client
+//! gets a grace period to deliver everything before the process exits.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::codec;
+use common::model::{Event, Severity};
+use common::wire::{Hello, PROTOCOL_VERSION};
+use tokio::sync::watch;
+
+use crate::collect::{self, CollectConfig, Collector};
+use crate::ship::batcher::Batcher;
+use crate::ship::client::{self, ClientConfig, Shared};
+use crate::ship::outbox::Outbox;
+use crate::ship::tls;
+use crate::telemetry::{self, AgentMetrics};
+
+/// Everything `node-agent run` is told.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// This node's name (must match its certificate).
+    pub node: String,
+    /// Aggregator QUIC address.
+    pub aggregator: SocketAddr,
+    /// Name on the aggregator's certificate.
+    pub server_name: String,
+    /// CA (PEM).
+    pub ca: PathBuf,
+    /// Node certificate (PEM).
+    pub cert: PathBuf,
+    /// Node key (PEM).
+    pub key: PathBuf,
+    /// Sampling interval.
+    pub interval: Duration,
+    /// How much to gather into one batch.
+    pub batch_interval: Duration,
+    /// `/metrics` + `/healthz`.
+    pub metrics_listen: SocketAddr,
+    /// Outbox budget, bytes.
+    pub max_outbox_bytes: usize,
+    /// Where collectors read.
+    pub collect: CollectConfig,
+    /// How long to keep delivering after a stop signal.
+    pub drain_grace: Duration,
+}
+
+/// Runs the agent until `stop` resolves, then drains and returns.
+pub async fn run(cfg: AgentConfig, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let metrics = AgentMetrics::new();
+    let quic = tls::client_config(&cfg.ca, &cfg.cert, &cfg.key)?;
+    let mut collectors = collect::default_collectors(&cfg.collect);
+    for c in &collectors {
+        metrics.collector_up.with_label_values(&[c.name()]).set(1);
+    }
+    let session: u64 = rand::random();
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        node: cfg.node.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        boot_id: std::fs::read_to_string(cfg.collect.proc_root.join("sys/kernel/random/boot_id"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+        session,
+        capabilities: collectors.iter().map(|c| c.name().to_string()).collect(),
+    };
+    let shared = Arc::new(Shared::new(Outbox::new(cfg.max_outbox_bytes)));
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let telemetry_task = tokio::spawn(telemetry::serve(cfg.metrics_listen, metrics.clone(), stop_rx.clone()));
+    let client_cfg = ClientConfig {
+        aggregator: cfg.aggregator,
+        server_name: cfg.server_name.clone(),
+        quic,
+        hello,
+        window: 64,
+        backoff_min: Duration::from_millis(500),
+        backoff_max: Duration::from_secs(30),
+        drain_grace: cfg.drain_grace,
+    };
+    let client_task = tokio::spawn(client::run(client_cfg, shared.clone(), metrics.clone(), stop_rx.clone()));
+    tracing::info!(node = %cfg.node, session, aggregator = %cfg.aggregator, interval_ms = cfg.interval.as_millis() as u64, "agent started");
+
+    let mut batcher = Batcher::default();
+    batcher.add_event(Event {
+        ts_ms: now_ms(),
+        entity: "host".into(),
+        kind: "agent.started".into(),
+        severity: Severity::Info,
+        message: format!("node agent {} started", env!("CARGO_PKG_VERSION")),
+        attrs: vec![("session".into(), session.to_string())],
+    });
+    let mut tick = tokio::time::interval(cfg.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last_batch = Instant::now();
+    let mut values = Vec::new();
+    let mut error_counts = vec![0u64; collectors.len()];
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut stop => break,
+        }
+        let started = Instant::now();
+        let ts = now_ms();
+        collect_once(&mut collectors, started, &mut values, &metrics, &mut error_counts);
+        metrics.samples_collected.inc_by(values.len() as u64);
+        batcher.add_tick(ts, &mut values);
+        metrics.collect_seconds.observe(started.elapsed().as_secs_f64());
+        if last_batch.elapsed() + cfg.interval / 2 >= cfg.batch_interval {
+            ship(&mut batcher, &shared, &metrics);
+            last_batch = Instant::now();
+        }
+    }
+    tracing::info!("stopping: sending what is left");
+    ship(&mut batcher, &shared, &metrics);
+    let _ = stop_tx.send(true);
+    let _ = client_task.await;
+    let _ = telemetry_task.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn collect_once(
+    collectors: &mut [Box<dyn Collector>],
+    mono: Instant,
+    values: &mut Vec<(common::model::SeriesKey, f64)>,
+    metrics: &AgentMetrics,
+    error_counts: &mut [u64],
+) {
+    for (idx, c) in collectors.iter_mut().enumerate() {
+        // A panicking collector loses its own tick, not the agent.
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.collect(mono, values)));
+        let err = match res {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "collector panicked".to_string(),
+        };
+        metrics.collector_errors.with_label_values(&[c.name()]).inc();
+        // First error, then one line per 60 so a broken source does not flood the log.
+        if error_counts[idx] % 60 == 0 {
+            tracing::warn!(collector = c.name(), error = %err, occurrences = error_counts[idx] + 1, "collector error");
+        }
+        error_counts[idx] += 1;
+    }
+}
+
+fn ship(batcher: &mut Batcher, shared: &Shared, metrics: &AgentMetrics) {
+    if batcher.is_empty() {
+        return;
+    }
+    let batch = batcher.finish();
+    let n_samples = batch.n_samples();
+    let payload = codec::encode_batch(&batch);
+    metrics.payload_bytes_built.inc_by(payload.len() as u64);
+    metrics.samples_built.inc_by(n_samples as u64);
+    {
+        let mut o = shared.outbox();
+        let before = o.losses();
+        o.push(payload, n_samples);
+        let after = o.losses();
+        if after.shed_batches > before.shed_batches {
+            metrics.batches_shed.inc_by(after.shed_batches - before.shed_batches);
+            metrics.samples_shed.inc_by(after.shed_samples - before.shed_samples);
+            tracing::warn!(shed_batches = after.shed_batches, "outbox full: oldest batches dropped");
+        }
+        metrics.outbox_batches.set(o.len() as i64);
+        metrics.outbox_bytes.set(o.bytes() as i64);
+    }
+    shared.changed.notify_one();
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

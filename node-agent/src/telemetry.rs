@@ -1,0 +1,137 @@
+//! The agent's own health: Prometheus metrics and `/healthz` on the metrics port.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::http::header;
+use axum::routing::get;
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+/// Every metric the agent keeps about itself. Cheap to clone.
+#[derive(Clone)]
+pub struct AgentMetrics {
+    registry: Registry,
+    /// Samples collected.
+    pub samples_collected: IntCounter,
+    /// Collector errors, by collector.
+    pub collector_errors: IntCounterVec,
+    /// 1 while a collector runs, 0 when disabled.
+    pub collector_up: IntGaugeVec,
+    /// Time one tick of all collectors takes.
+    pub collect_seconds: Histogram,
+    /// Batches written to the network (resends included).
+    pub batches_sent: IntCounter,
+    /// Batches acked.
+    pub batches_acked: IntCounter,
+    /// Batches shed from a full outbox.
+    pub batches_shed: IntCounter,
+    /// Samples in shed batches.
+    pub samples_shed: IntCounter,
+    /// Batches refused by the aggregator.
+    pub batches_nacked: IntCounter,
+    /// Payload bytes written (resends included).
+    pub payload_bytes_sent: IntCounter,
+    /// Payload bytes of batches built (each batch once).
+    pub payload_bytes_built: IntCounter,
+    /// Samples in batches built.
+    pub samples_built: IntCounter,
+    /// Batches waiting for an ack.
+    pub outbox_batches: IntGauge,
+    /// Bytes waiting for an ack.
+    pub outbox_bytes: IntGauge,
+    /// 1 while connected to the aggregator.
+    pub connected: IntGauge,
+    /// Failed connection attempts.
+    pub connect_failures: IntCounter,
+    /// Agent CPU time (user+sys), seconds.
+    pub process_cpu_seconds: prometheus::Gauge,
+    /// Agent resident memory, bytes.
+    pub process_rss_bytes: IntGauge,
+}
+
+impl AgentMetrics {
+    /// Creates and registers everything.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m.expect("static metric definition");
+                registry.register(Box::new(m.clone())).expect("unique metric name");
+                m
+            }};
+        }
+        AgentMetrics {
+            samples_collected: reg!(IntCounter::new("agent_samples_collected_total", "Samples collected.")),
+            collector_errors: reg!(IntCounterVec::new(Opts::new("agent_collector_errors_total", "Collector errors."), &["collector"])),
+            collector_up: reg!(IntGaugeVec::new(Opts::new("agent_collector_up", "1 while the collector runs."), &["collector"])),
+            collect_seconds: reg!(Histogram::with_opts(
+                HistogramOpts::new("agent_collect_seconds", "Duration of one collection tick.")
+                    .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0])
+            )),
+            batches_sent: reg!(IntCounter::new("agent_batches_sent_total", "Batches written to the aggregator, resends included.")),
+            batches_acked: reg!(IntCounter::new("agent_batches_acked_total", "Batches acked as durable.")),
+            batches_shed: reg!(IntCounter::new("agent_batches_shed_total", "Batches dropped because the outbox was full.")),
+            samples_shed: reg!(IntCounter::new("agent_samples_shed_total", "Samples in dropped batches.")),
+            batches_nacked: reg!(IntCounter::new("agent_batches_nacked_total", "Batches the aggregator refused.")),
+            payload_bytes_sent: reg!(IntCounter::new("agent_payload_bytes_sent_total", "Batch payload bytes written, resends included.")),
+            payload_bytes_built: reg!(IntCounter::new("agent_payload_bytes_built_total", "Batch payload bytes encoded.")),
+            samples_built: reg!(IntCounter::new("agent_samples_built_total", "Samples encoded into batches.")),
+            outbox_batches: reg!(IntGauge::new("agent_outbox_batches", "Batches waiting for an ack.")),
+            outbox_bytes: reg!(IntGauge::new("agent_outbox_bytes", "Payload bytes waiting for an ack.")),
+            connected: reg!(IntGauge::new("agent_connected", "1 while connected to the aggregator.")),
+            connect_failures: reg!(IntCounter::new("agent_connect_failures_total", "Failed or lost connections.")),
+            process_cpu_seconds: reg!(prometheus::Gauge::new("agent_process_cpu_seconds", "Agent CPU time, user+system.")),
+            process_rss_bytes: reg!(IntGauge::new("agent_process_resident_bytes", "Agent resident memory.")),
+            registry,
+        }
+    }
+
+    /// Refreshes the agent's own CPU and RSS from /proc/self/stat.
+    pub fn refresh_self(&self) {
+        let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return };
+        // Fields after the parenthesised comm; utime and stime are fields 14 and 15, rss 24.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { return };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let num = |idx: usize| fields.get(idx).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+        // SAFETY: sysconf only reads a configuration value.
+        let (ticks, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
+        if ticks > 0 {
+            self.process_cpu_seconds.set((num(11) + num(12)) / ticks as f64);
+        }
+        self.process_rss_bytes.set((num(21) * page.max(0) as f64) as i64);
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        self.refresh_self();
+        let mut out = String::new();
+        let _ = prometheus::TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for AgentMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Serves `/metrics` and `/healthz` until `shutdown` fires.
+pub async fn serve(addr: SocketAddr, metrics: AgentMetrics, mut shutdown: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot bind metrics on {addr}: {e}"))?;
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let body = metrics.render();
+                async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body) }
+            }),
+        );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.changed().await;
+        })
+        .await?;
+    Ok(())
+}
