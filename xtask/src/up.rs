@@ -242,9 +242,11 @@ fn spawn(
     let err = out
         .try_clone()
         .with_context(|| format!("could not reopen {}", log.display()))?;
+    // NO_COLOR: the logs are files, and ANSI colour codes make them hard to read.
     cmd.stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
+        .env("NO_COLOR", "1")
         .process_group(0);
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent. It makes the
     // kernel SIGTERM the child if xtask dies without stopping it.

@@ -133,7 +133,15 @@ async fn handle(
     let node = peer_node(&conn)?;
     let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| ConnError::Read(e.to_string()))?;
 
-    let hello = match read_frame(&mut recv).await? {
+    let first = match read_frame(&mut recv).await {
+        Ok(f) => f,
+        Err(ConnError::Protocol(why)) => {
+            close(&conn, close_code::PROTOCOL, &why);
+            return Err(ConnError::Protocol(why));
+        }
+        Err(e) => return Err(e),
+    };
+    let hello = match first {
         Some(Frame::Hello(h)) => h,
         Some(other) => return Err(refuse(&conn, &mut send, close_code::PROTOCOL, format!("expected Hello, got {}", frame_name(&other))).await),
         None => return Err(ConnError::Protocol("stream closed before Hello".into())),
@@ -330,6 +338,10 @@ async fn read_frame(recv: &mut RecvStream) -> Result<Option<Frame>, ConnError> {
         Ok(()) => {}
         Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
         Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(ConnError::Protocol("stream ended inside a frame header".into())),
+        // The agent closing the connection between frames is a normal goodbye.
+        Err(quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(quinn::ConnectionError::ApplicationClosed(_)))) => {
+            return Ok(None);
+        }
         Err(quinn::ReadExactError::ReadError(e)) => return Err(ConnError::Read(e.to_string())),
     }
     let len = wire::peek_frame_len(&prefix).map_err(|e| ConnError::Protocol(e.to_string()))?.unwrap_or(0);

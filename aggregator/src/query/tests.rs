@@ -24,7 +24,7 @@ use super::run::run_checked;
 use super::*;
 
 /// 2026-11-22T20:41:03.123Z
-const T0_MS: i64 = 1_795_207_263_123;
+const T0_MS: i64 = 1_795_380_063_123;
 
 fn dict(values: &[&str]) -> ArrayRef {
     Arc::new(values.iter().copied().collect::<DictionaryArray<Int32Type>>())
@@ -517,7 +517,7 @@ async fn too_long_sql_is_413() {
     .await;
     let reply = post_sql(&server, "SELECT 1 + 1 + 1 + 1 + 1").await;
     assert_eq!(reply.status, 413);
-    assert_eq!(reply.error(), "SQL is 25 bytes long; the limit is 20 bytes");
+    assert_eq!(reply.error(), "SQL is 24 bytes long; the limit is 20 bytes");
 }
 
 #[tokio::test]

@@ -328,7 +328,7 @@ impl CgroupCollector {
     /// samples of cgroups that are still there.
     fn rescan(&mut self) {
         let v2 = self.mode == Some(Mode::V2);
-        let all_hier = u8::MAX >> (8 - self.hierarchies.len().min(8));
+        let all_hier = (1u8 << self.hierarchies.len().min(7)) - 1;
         let mut queue = VecDeque::from([(String::new(), all_hier, 0usize)]);
         let mut found: Vec<(String, u8)> = Vec::new();
         let mut n_dropped = 0;

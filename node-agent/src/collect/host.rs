@@ -240,7 +240,9 @@ pub fn parse_meminfo(text: &str) -> Result<MemInfo, ParseError> {
     }
     let total = total.ok_or_else(|| ParseError::new("no MemTotal"))?;
     let free = free.ok_or_else(|| ParseError::new("no MemFree"))?;
-    let available = available.unwrap_or(free + buffers + cached).min(total);
+    let available = available
+        .unwrap_or(free.saturating_add(buffers).saturating_add(cached))
+        .min(total);
     Ok(MemInfo {
         total,
         available,
@@ -515,7 +517,7 @@ pub fn parse_psi(text: &str) -> Result<Psi, ParseError> {
 pub struct FsUsage {
     /// Total size.
     pub size_bytes: u64,
-    /// Used (size minus free, reserved blocks counted as used... by nobody: see `used_pct`).
+    /// Used: size minus free blocks (blocks reserved for root count as free here).
     pub used_bytes: u64,
     /// Available to unprivileged users.
     pub avail_bytes: u64,
@@ -832,7 +834,7 @@ impl HostCollector {
             );
             let prev = state.prev.replace(DiskPrev { mono, stat: cur });
             // Devices that never did any I/O (unused zram, empty card readers) cost no series.
-            if !state.wanted || d.reads + d.writes == 0 {
+            if !state.wanted || (d.reads == 0 && d.writes == 0) {
                 continue;
             }
             let Some(prev) = prev else { continue };

@@ -8,7 +8,8 @@
 //! (cpu %, rss) also cost `io` and an fd count, and only those get series. The rest are
 //! counted in `proc.dropped`. Kernel threads (`PF_KTHREAD`) and zombies get no series: they
 //! have no memory, files or I/O of their own, and a host has hundreds of kernel threads.
-//! Per-pid state exists only for live pids and is pruned every tick.
+//! Per-pid state exists only for live pids and is pruned every tick. Known kernel threads
+//! are re-checked only every [`KTHREAD_RECHECK_TICKS`] ticks.
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -26,6 +27,11 @@ use super::{
 
 /// `PF_KTHREAD` in the `flags` field of /proc/pid/stat.
 const PF_KTHREAD: u64 = 0x0020_0000;
+/// A kernel thread's `stat` is re-read only this often (in ticks). Big hosts have hundreds
+/// of kernel threads (several per CPU), and they are never emitted: this halves the reads
+/// there. The cost: if a kernel thread exits and a user process gets its pid (pid numbers
+/// wrap only after `pid_max`), that process is missed for up to this many ticks.
+const KTHREAD_RECHECK_TICKS: u64 = 30;
 /// `statfs(2)` type of procfs.
 const PROC_SUPER_MAGIC: i64 = 0x9fa0;
 
@@ -178,6 +184,14 @@ struct PidState {
     io_denied: bool,
 }
 
+/// A pid known to be a kernel thread: its `stat` is not re-read every tick.
+struct KthreadSeen {
+    /// Tick of the last `stat` read.
+    checked_at: u64,
+    /// Last tick it was listed in /proc.
+    seen_at: u64,
+}
+
 #[derive(Clone, Copy)]
 struct Candidate {
     pid: u32,
@@ -207,6 +221,7 @@ pub struct ProcessCollector {
     scratch: PathBuf,
     generation: u64,
     pids: HashMap<u32, PidState>,
+    kthreads: HashMap<u32, KthreadSeen>,
     candidates: Vec<Candidate>,
 }
 
@@ -230,6 +245,7 @@ impl ProcessCollector {
             scratch: PathBuf::new(),
             generation: 0,
             pids: HashMap::new(),
+            kthreads: HashMap::new(),
             candidates: Vec::new(),
         }
     }
@@ -285,6 +301,13 @@ impl ProcessCollector {
             let Ok(pid) = name.parse::<u32>() else {
                 continue;
             };
+            if let Some(k) = self.kthreads.get_mut(&pid)
+                && generation - k.checked_at < KTHREAD_RECHECK_TICKS
+            {
+                k.seen_at = generation;
+                n_procs += 1;
+                continue;
+            }
             let path = set_path(&mut self.scratch, &self.proc_root, &[name, "stat"]);
             // Gone between readdir and open, or hidden (hidepid): races are normal, skip.
             if let Err(err) = read_file(&mut self.buf, path) {
@@ -303,8 +326,15 @@ impl ProcessCollector {
             };
             n_procs += 1;
             if st.flags & PF_KTHREAD != 0 {
+                let seen = KthreadSeen {
+                    checked_at: generation,
+                    seen_at: generation,
+                };
+                self.kthreads.insert(pid, seen);
                 continue;
             }
+            // Was a kernel thread, now a user process: the pid was reused.
+            self.kthreads.remove(&pid);
             if st.state == 'Z' || st.state == 'X' {
                 n_zombies += 1;
                 continue;
@@ -352,6 +382,7 @@ impl ProcessCollector {
             });
         }
         self.pids.retain(|_, s| s.generation == generation);
+        self.kthreads.retain(|_, k| k.seen_at == generation);
         Ok((n_procs, n_zombies))
     }
 
@@ -726,6 +757,19 @@ mod tests {
         let mut live: Vec<_> = c.pids.keys().copied().collect();
         live.sort();
         assert_eq!(live, [10]);
+        assert_eq!(c.kthreads.keys().collect::<Vec<_>>(), [&2]);
+
+        // The kernel thread's stat is not read again (here: made unreadable) but still counted;
+        // once it leaves /proc, its entry goes too.
+        tree.write("proc/2/stat", "garbage");
+        out.clear();
+        c.collect(t0 + Duration::from_secs(2), &mut out).unwrap();
+        assert_eq!(values(&out).get(&("host", "proc.count")), Some(&3.0));
+        tree.remove("proc/2");
+        out.clear();
+        c.collect(t0 + Duration::from_secs(3), &mut out).unwrap();
+        assert_eq!(values(&out).get(&("host", "proc.count")), Some(&2.0));
+        assert!(c.kthreads.is_empty());
     }
 
     #[test]

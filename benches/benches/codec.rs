@@ -1,0 +1,119 @@
+//! Codec benchmark: bytes per sample on the wire, and encode/decode throughput.
+//!
+//! Run: `cargo bench -p benches --bench codec`.
+//!
+//! First prints a table of compressed bytes per sample for 1 s, 5 s (the agent's default)
+//! and 10 s batches of the steady and churn streams (criterion tracks time, not size),
+//! next to a naive baseline: postcard of the plain `Batch` + zstd at the same level. Then
+//! criterion measures encode and decode throughput in samples per second.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use benches::{NodeStream, StreamConfig, variants};
+use common::codec;
+use common::model::Batch;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+/// Seconds of stream per size measurement: long enough for churn to matter.
+const STREAM_SECS: u32 = 120;
+/// zstd level of the baseline; the codec uses 3 too.
+const BASELINE_ZSTD_LEVEL: i32 = 3;
+
+fn baseline_encode(batch: &Batch) -> Vec<u8> {
+    let raw = postcard::to_allocvec(batch).expect("postcard of an in-memory batch");
+    zstd::bulk::compress(&raw, BASELINE_ZSTD_LEVEL).expect("zstd in memory")
+}
+
+fn baseline_decode(payload: &[u8]) -> Batch {
+    let raw = zstd::bulk::decompress(payload, codec::MAX_DECODED_LEN).expect("baseline payload");
+    postcard::from_bytes(&raw).expect("baseline payload")
+}
+
+fn batches(cfg: StreamConfig, batch_secs: u32) -> Vec<Batch> {
+    NodeStream::new(cfg).batches((STREAM_SECS / batch_secs) as usize, batch_secs)
+}
+
+fn print_sizes() {
+    println!();
+    println!("Bytes per sample, {STREAM_SECS} s of a realistic node stream (seed 1), compressed payload bytes / samples:");
+    println!(
+        "{:<8} {:>6} {:>8} {:>9} {:>11} {:>10} {:>11} {:>12} {:>9}",
+        "stream", "batch", "series", "samples", "codec B/s.", "raw col.", "payload B", "postcard+zstd", "ratio"
+    );
+    for (name, cfg) in variants(1) {
+        for batch_secs in [1u32, 5, 10] {
+            let list = batches(cfg.clone(), batch_secs);
+            let samples: usize = list.iter().map(Batch::n_samples).sum();
+            let series: usize = list.iter().map(|b| b.series.len()).sum::<usize>() / list.len();
+            let codec_bytes: usize = list.iter().map(|b| codec::encode_batch(b).len()).sum();
+            let raw_bytes: usize = list.iter().map(|b| codec::encode_uncompressed(b).len()).sum();
+            let base_bytes: usize = list.iter().map(|b| baseline_encode(b).len()).sum();
+            let per = |bytes: usize| bytes as f64 / samples as f64;
+            println!(
+                "{:<8} {:>5}s {:>8} {:>9} {:>11.3} {:>10.3} {:>11} {:>12.3} {:>8.1}x",
+                name,
+                batch_secs,
+                series,
+                samples,
+                per(codec_bytes),
+                per(raw_bytes),
+                codec_bytes / list.len(),
+                per(base_bytes),
+                base_bytes as f64 / codec_bytes as f64,
+            );
+        }
+    }
+    println!("  codec B/s.: codec::encode_batch bytes per sample (what goes on the wire, before framing)");
+    println!("  raw col.: the columnar layout before zstd, per sample; payload B: mean bytes per batch");
+    println!("  postcard+zstd: naive baseline (postcard of the Batch, zstd level {BASELINE_ZSTD_LEVEL}); ratio = baseline / codec");
+    println!();
+}
+
+fn bench_codec(c: &mut Criterion) {
+    print_sizes();
+    let mut group = c.benchmark_group("codec");
+    group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    for (name, cfg) in variants(1) {
+        // One minute of 5 s batches per iteration, so the figure averages over batches.
+        let list = NodeStream::new(cfg).batches(12, 5);
+        let samples: usize = list.iter().map(Batch::n_samples).sum();
+        let payloads: Vec<Vec<u8>> = list.iter().map(codec::encode_batch).collect();
+        group.throughput(Throughput::Elements(samples as u64));
+        group.bench_function(format!("encode/{name}/5s"), |b| {
+            b.iter(|| {
+                for batch in &list {
+                    black_box(codec::encode_batch(black_box(batch)));
+                }
+            })
+        });
+        group.bench_function(format!("decode/{name}/5s"), |b| {
+            b.iter(|| {
+                for payload in &payloads {
+                    black_box(codec::decode_batch(black_box(payload)).expect("own payload"));
+                }
+            })
+        });
+        if name == "steady" {
+            let base: Vec<Vec<u8>> = list.iter().map(baseline_encode).collect();
+            group.bench_function(format!("baseline_encode/{name}/5s"), |b| {
+                b.iter(|| {
+                    for batch in &list {
+                        black_box(baseline_encode(black_box(batch)));
+                    }
+                })
+            });
+            group.bench_function(format!("baseline_decode/{name}/5s"), |b| {
+                b.iter(|| {
+                    for payload in &base {
+                        black_box(baseline_decode(black_box(payload)));
+                    }
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_codec);
+criterion_main!(benches);
