@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use benches::{NodeStream, StreamConfig, variants};
 use common::codec;
-use common::model::Batch;
+use common::model::{Batch, SeriesPoints};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 /// Seconds of stream per size measurement: long enough for churn to matter.
@@ -30,16 +30,58 @@ fn baseline_decode(payload: &[u8]) -> Batch {
     postcard::from_bytes(&raw).expect("baseline payload")
 }
 
+/// The batch with its keys but no points: what the per-batch series dictionary costs.
+fn keys_only(batch: &Batch) -> Batch {
+    let series = batch
+        .series
+        .iter()
+        .map(|s| SeriesPoints {
+            key: s.key.clone(),
+            points: Vec::new(),
+        })
+        .collect();
+    Batch {
+        series,
+        events: Vec::new(),
+    }
+}
+
 fn batches(cfg: StreamConfig, batch_secs: u32) -> Vec<Batch> {
     NodeStream::new(cfg).batches((STREAM_SECS / batch_secs) as usize, batch_secs)
 }
 
 fn print_sizes() {
     println!();
-    println!("Bytes per sample, {STREAM_SECS} s of a realistic node stream (seed 1), compressed payload bytes / samples:");
     println!(
-        "{:<8} {:>6} {:>8} {:>9} {:>11} {:>10} {:>11} {:>12} {:>9}",
-        "stream", "batch", "series", "samples", "codec B/s.", "raw col.", "payload B", "postcard+zstd", "ratio"
+        "Bytes per sample, {STREAM_SECS} s of a realistic node stream (seed 1), compressed payload bytes / samples:"
+    );
+    println!(
+        "{:<7} {:>5} {:>6} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>13} {:>6}",
+        "stream",
+        "batch",
+        "series",
+        "samples",
+        "codec",
+        "raw col.",
+        "payload",
+        "keys",
+        "values",
+        "postcard+zstd",
+        "ratio"
+    );
+    println!(
+        "{:<7} {:>5} {:>6} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>13} {:>6}",
+        "",
+        "",
+        "/batch",
+        "",
+        "B/sample",
+        "B/sample",
+        "B/batch",
+        "B/batch",
+        "B/sample",
+        "B/sample",
+        ""
     );
     for (name, cfg) in variants(1) {
         for batch_secs in [1u32, 5, 10] {
@@ -47,11 +89,18 @@ fn print_sizes() {
             let samples: usize = list.iter().map(Batch::n_samples).sum();
             let series: usize = list.iter().map(|b| b.series.len()).sum::<usize>() / list.len();
             let codec_bytes: usize = list.iter().map(|b| codec::encode_batch(b).len()).sum();
-            let raw_bytes: usize = list.iter().map(|b| codec::encode_uncompressed(b).len()).sum();
+            let raw_bytes: usize = list
+                .iter()
+                .map(|b| codec::encode_uncompressed(b).len())
+                .sum();
             let base_bytes: usize = list.iter().map(|b| baseline_encode(b).len()).sum();
+            let key_bytes: usize = list
+                .iter()
+                .map(|b| codec::encode_batch(&keys_only(b)).len())
+                .sum();
             let per = |bytes: usize| bytes as f64 / samples as f64;
             println!(
-                "{:<8} {:>5}s {:>8} {:>9} {:>11.3} {:>10.3} {:>11} {:>12.3} {:>8.1}x",
+                "{:<7} {:>4}s {:>6} {:>8} {:>9.3} {:>9.3} {:>9} {:>9} {:>9.3} {:>13.3} {:>5.1}x",
                 name,
                 batch_secs,
                 series,
@@ -59,21 +108,33 @@ fn print_sizes() {
                 per(codec_bytes),
                 per(raw_bytes),
                 codec_bytes / list.len(),
+                key_bytes / list.len(),
+                per(codec_bytes.saturating_sub(key_bytes)),
                 per(base_bytes),
                 base_bytes as f64 / codec_bytes as f64,
             );
         }
     }
-    println!("  codec B/s.: codec::encode_batch bytes per sample (what goes on the wire, before framing)");
-    println!("  raw col.: the columnar layout before zstd, per sample; payload B: mean bytes per batch");
-    println!("  postcard+zstd: naive baseline (postcard of the Batch, zstd level {BASELINE_ZSTD_LEVEL}); ratio = baseline / codec");
+    println!("  codec: codec::encode_batch bytes per sample (the wire payload, before framing)");
+    println!(
+        "  raw col.: the columnar layout before zstd; payload: mean compressed bytes per batch"
+    );
+    println!(
+        "  keys: the same batch with no points (its series dictionary alone); values: codec minus keys"
+    );
+    println!(
+        "  postcard+zstd: naive baseline (postcard of the Batch, zstd level {BASELINE_ZSTD_LEVEL}); ratio = baseline / codec"
+    );
     println!();
 }
 
 fn bench_codec(c: &mut Criterion) {
     print_sizes();
     let mut group = c.benchmark_group("codec");
-    group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
     for (name, cfg) in variants(1) {
         // One minute of 5 s batches per iteration, so the figure averages over batches.
         let list = NodeStream::new(cfg).batches(12, 5);

@@ -74,7 +74,9 @@ impl Rng {
 
     /// `n` lower-case hex digits.
     pub fn hex(&mut self, n: usize) -> String {
-        (0..n).map(|_| char::from(b"0123456789abcdef"[self.below(16) as usize])).collect()
+        (0..n)
+            .map(|_| char::from(b"0123456789abcdef"[self.below(16) as usize]))
+            .collect()
     }
 
     fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
@@ -105,14 +107,23 @@ pub struct StreamConfig {
 impl StreamConfig {
     /// A steady node: the same 200 processes and 50 cgroups all along.
     pub fn steady(seed: u64) -> Self {
-        StreamConfig { seed, processes: 200, pods: 14, churn_per_tick: 0.0, start_ms: 1_750_000_000_000 }
+        StreamConfig {
+            seed,
+            processes: 200,
+            pods: 14,
+            churn_per_tick: 0.0,
+            start_ms: 1_750_000_000_000,
+        }
     }
 
     /// A busy node: 1% of processes exit each tick (≈5% per 5 s batch) and new pids take
     /// their place; a new process has only RSS, threads and fds on its first tick (CPU and
     /// I/O rates need a previous reading), as in the agent.
     pub fn churn(seed: u64) -> Self {
-        StreamConfig { churn_per_tick: 0.01, ..StreamConfig::steady(seed) }
+        StreamConfig {
+            churn_per_tick: 0.01,
+            ..StreamConfig::steady(seed)
+        }
     }
 }
 
@@ -130,13 +141,19 @@ impl Batcher {
             Some(&idx) => self.series[idx].points.push(point),
             None => {
                 self.index.insert(key.clone(), self.series.len());
-                self.series.push(SeriesPoints { key: key.clone(), points: vec![point] });
+                self.series.push(SeriesPoints {
+                    key: key.clone(),
+                    points: vec![point],
+                });
             }
         }
     }
 
     fn finish(self) -> Batch {
-        Batch { series: self.series, events: Vec::new() }
+        Batch {
+            series: self.series,
+            events: Vec::new(),
+        }
     }
 }
 
@@ -163,8 +180,14 @@ struct Process {
     seen: u32,
 }
 
-const PROC_METRICS: [&str; 6] =
-    ["proc.cpu_pct", "proc.rss_bytes", "proc.threads", "proc.fds", "proc.read_bytes_per_s", "proc.write_bytes_per_s"];
+const PROC_METRICS: [&str; 6] = [
+    "proc.cpu_pct",
+    "proc.rss_bytes",
+    "proc.threads",
+    "proc.fds",
+    "proc.read_bytes_per_s",
+    "proc.write_bytes_per_s",
+];
 
 const CGROUP_METRICS: [&str; 7] = [
     "cgroup.mem_usage_bytes",
@@ -246,8 +269,13 @@ const HOST_METRICS: [&str; 37] = [
     "fs.dropped",
 ];
 const DISKS: [&str; 2] = ["nvme0n1", "nvme1n1"];
-const DISK_METRICS: [&str; 5] =
-    ["disk.read_bytes_per_s", "disk.write_bytes_per_s", "disk.reads_per_s", "disk.writes_per_s", "disk.io_util_pct"];
+const DISK_METRICS: [&str; 5] = [
+    "disk.read_bytes_per_s",
+    "disk.write_bytes_per_s",
+    "disk.reads_per_s",
+    "disk.writes_per_s",
+    "disk.io_util_pct",
+];
 const NET_METRICS: [&str; 8] = [
     "net.rx_bytes_per_s",
     "net.tx_bytes_per_s",
@@ -259,7 +287,13 @@ const NET_METRICS: [&str; 8] = [
     "net.tx_drops_per_s",
 ];
 const FILESYSTEMS: [&str; 2] = ["/", "/var/lib/containerd"];
-const FS_METRICS: [&str; 5] = ["fs.size_bytes", "fs.used_bytes", "fs.avail_bytes", "fs.used_pct", "fs.inodes_used_pct"];
+const FS_METRICS: [&str; 5] = [
+    "fs.size_bytes",
+    "fs.used_bytes",
+    "fs.avail_bytes",
+    "fs.used_pct",
+    "fs.inodes_used_pct",
+];
 const FS_SIZE: [u64; 2] = [107_374_182_400, 536_870_912_000];
 
 const PAGE: u64 = 4096;
@@ -278,27 +312,58 @@ const SYSTEM_PROCS: [(&str, &str); 16] = [
     ("cron", "system.slice/cron.service"),
     ("rsyslogd", "system.slice/rsyslog.service"),
     ("multipathd", "system.slice/multipathd.service"),
-    ("agetty", "system.slice/system-getty.slice/getty@tty1.service"),
+    (
+        "agetty",
+        "system.slice/system-getty.slice/getty@tty1.service",
+    ),
     ("containerd", "system.slice/containerd.service"),
     ("kubelet", "system.slice/kubelet.service"),
     ("node-agent", "system.slice/scarlet.service"),
-    ("systemd", "user.slice/user-1000.slice/user@1000.service/init.scope"),
+    (
+        "systemd",
+        "user.slice/user-1000.slice/user@1000.service/init.scope",
+    ),
 ];
 
 /// What pods run: (name, comms of the app container's processes).
 const APPS: [(&str, &[&str]); 14] = [
     ("kube-proxy", &["kube-proxy"]),
-    ("calico-node", &["calico-node", "calico-node", "calico-node", "bird", "bird6"]),
+    (
+        "calico-node",
+        &["calico-node", "calico-node", "calico-node", "bird", "bird6"],
+    ),
     ("coredns", &["coredns"]),
-    ("nginx-ingress", &["nginx-ingress-c", "nginx", "nginx", "nginx", "nginx", "nginx"]),
-    ("postgres", &["postgres", "postgres", "postgres", "postgres", "postgres", "postgres", "postgres", "postgres"]),
+    (
+        "nginx-ingress",
+        &[
+            "nginx-ingress-c",
+            "nginx",
+            "nginx",
+            "nginx",
+            "nginx",
+            "nginx",
+        ],
+    ),
+    (
+        "postgres",
+        &[
+            "postgres", "postgres", "postgres", "postgres", "postgres", "postgres", "postgres",
+            "postgres",
+        ],
+    ),
     ("redis", &["redis-server"]),
     ("api-gateway", &["envoy", "pilot-agent"]),
     ("orders", &["java"]),
     ("payments", &["java"]),
     ("web", &["node", "node"]),
-    ("worker", &["python3", "celery", "celery", "celery", "celery"]),
-    ("search", &["gunicorn", "gunicorn", "gunicorn", "gunicorn", "gunicorn"]),
+    (
+        "worker",
+        &["python3", "celery", "celery", "celery", "celery"],
+    ),
+    (
+        "search",
+        &["gunicorn", "gunicorn", "gunicorn", "gunicorn", "gunicorn"],
+    ),
     ("fluent-bit", &["fluent-bit"]),
     ("node-exporter", &["node_exporter"]),
 ];
@@ -336,13 +401,22 @@ pub struct NodeStream {
 fn proc_keys(pid: u32, comm: &str, cgroup: &str) -> [SeriesKey; 6] {
     let entity = format!("process/{pid}");
     PROC_METRICS.map(|m| {
-        SeriesKey::new(entity.clone(), m).with_label("comm", comm).with_label("cgroup", cgroup)
+        SeriesKey::new(entity.clone(), m)
+            .with_label("comm", comm)
+            .with_label("cgroup", cgroup)
     })
 }
 
 fn pod_uuid(rng: &mut Rng) -> String {
     // systemd spells the pod UID with underscores in slice names.
-    format!("{}_{}_{}_{}_{}", rng.hex(8), rng.hex(4), rng.hex(4), rng.hex(4), rng.hex(12))
+    format!(
+        "{}_{}_{}_{}_{}",
+        rng.hex(8),
+        rng.hex(4),
+        rng.hex(4),
+        rng.hex(4),
+        rng.hex(12)
+    )
 }
 
 impl NodeStream {
@@ -398,12 +472,32 @@ impl NodeStream {
         // and the busiest system services.
         let mut cgroup_paths: Vec<(String, u64, f64, bool)> = vec![
             ("kubepods.slice".into(), 60 << 30, 180.0, false),
-            ("kubepods.slice/kubepods-burstable.slice".into(), 60 << 30, 120.0, false),
-            ("kubepods.slice/kubepods-besteffort.slice".into(), 60 << 30, 15.0, false),
+            (
+                "kubepods.slice/kubepods-burstable.slice".into(),
+                60 << 30,
+                120.0,
+                false,
+            ),
+            (
+                "kubepods.slice/kubepods-besteffort.slice".into(),
+                60 << 30,
+                15.0,
+                false,
+            ),
             ("system.slice".into(), 60 << 30, 25.0, false),
-            ("system.slice/containerd.service".into(), 60 << 30, 8.0, false),
+            (
+                "system.slice/containerd.service".into(),
+                60 << 30,
+                8.0,
+                false,
+            ),
             ("system.slice/kubelet.service".into(), 60 << 30, 9.0, false),
-            ("system.slice/systemd-journald.service".into(), 60 << 30, 1.0, false),
+            (
+                "system.slice/systemd-journald.service".into(),
+                60 << 30,
+                1.0,
+                false,
+            ),
             ("user.slice".into(), 60 << 30, 0.2, false),
         ];
         let mut app_scopes = Vec::new();
@@ -434,45 +528,59 @@ impl NodeStream {
             let keys = CGROUP_METRICS.map(|m| SeriesKey::new(entity.clone(), m));
             let mem_pages = (limit / PAGE) / 8 + rng.below(limit / PAGE / 4);
             let io_active = cpu_mean > 1.0 && rng.chance(0.5);
-            stream.cgroups.push(Cgroup { keys, mem_pages, limit_bytes: limit, cpu_mean, throttles, io_active });
+            stream.cgroups.push(Cgroup {
+                keys,
+                mem_pages,
+                limit_bytes: limit,
+                cpu_mean,
+                throttles,
+                io_active,
+            });
         }
 
         // Processes: system daemons, then per pod a shim, a pause and the app's processes,
         // then (to reach the top-N count) more app workers, as a busy node has.
         let mut pid = 1u32;
-        let mut add = |stream: &mut NodeStream, rng: &mut Rng, comm: &str, cgroup: &str, system: bool| {
-            let activity = match rng.below(10) {
-                0..=5 => Activity::Idle,
-                6..=8 => Activity::Light,
-                _ => Activity::Busy,
+        let mut add =
+            |stream: &mut NodeStream, rng: &mut Rng, comm: &str, cgroup: &str, system: bool| {
+                let activity = match rng.below(10) {
+                    0..=5 => Activity::Idle,
+                    6..=8 => Activity::Light,
+                    _ => Activity::Busy,
+                };
+                let cpu_mean = match activity {
+                    Activity::Idle => 0.05,
+                    Activity::Light => rng.uniform(0.5, 4.0),
+                    Activity::Busy => rng.uniform(8.0, 120.0),
+                };
+                let rss_pages = match activity {
+                    Activity::Idle => rng.range(300, 8_000) as u64,
+                    Activity::Light => rng.range(2_000, 60_000) as u64,
+                    Activity::Busy => rng.range(20_000, 600_000) as u64,
+                };
+                stream.procs.push(Process {
+                    keys: proc_keys(pid, comm, cgroup),
+                    system,
+                    activity,
+                    cpu_mean,
+                    rss_pages,
+                    threads: rng.range(1, if activity == Activity::Busy { 120 } else { 16 }) as u32,
+                    fds: rng.range(4, if activity == Activity::Busy { 400 } else { 64 }) as u32,
+                    seen: 1,
+                });
+                pid += rng.range(1, 300) as u32;
             };
-            let cpu_mean = match activity {
-                Activity::Idle => 0.05,
-                Activity::Light => rng.uniform(0.5, 4.0),
-                Activity::Busy => rng.uniform(8.0, 120.0),
-            };
-            let rss_pages = match activity {
-                Activity::Idle => rng.range(300, 8_000) as u64,
-                Activity::Light => rng.range(2_000, 60_000) as u64,
-                Activity::Busy => rng.range(20_000, 600_000) as u64,
-            };
-            stream.procs.push(Process {
-                keys: proc_keys(pid, comm, cgroup),
-                system,
-                activity,
-                cpu_mean,
-                rss_pages,
-                threads: rng.range(1, if activity == Activity::Busy { 120 } else { 16 }) as u32,
-                fds: rng.range(4, if activity == Activity::Busy { 400 } else { 64 }) as u32,
-                seen: 1,
-            });
-            pid += rng.range(1, 300) as u32;
-        };
         for (comm, cgroup) in SYSTEM_PROCS {
             add(&mut stream, &mut rng, comm, cgroup, true);
         }
         for (pause, app, comms) in &app_scopes {
-            add(&mut stream, &mut rng, "containerd-shim", "system.slice/containerd.service", true);
+            add(
+                &mut stream,
+                &mut rng,
+                "containerd-shim",
+                "system.slice/containerd.service",
+                true,
+            );
             add(&mut stream, &mut rng, "pause", pause, true);
             for comm in comms.iter() {
                 add(&mut stream, &mut rng, comm, app, false);
@@ -492,7 +600,9 @@ impl NodeStream {
 
     /// Series per tick in the steady state (host + processes × 6 + cgroups × 7).
     pub fn series_per_tick(&self) -> usize {
-        self.host.keys.len() + self.procs.len() * PROC_METRICS.len() + self.cgroups.len() * CGROUP_METRICS.len()
+        self.host.keys.len()
+            + self.procs.len() * PROC_METRICS.len()
+            + self.cgroups.len() * CGROUP_METRICS.len()
     }
 
     /// The next `batch_secs` ticks as one batch.
@@ -523,13 +633,21 @@ impl NodeStream {
             self.procs.retain(|pr| pr.system || !rng.chance(p));
             for _ in self.procs.len()..before {
                 let (comm, from_kubelet) = *rng.pick(&EPHEMERAL);
-                let cgroup = if from_kubelet { "system.slice/kubelet.service" } else { rng.pick(&self.scopes).as_str() };
+                let cgroup = if from_kubelet {
+                    "system.slice/kubelet.service"
+                } else {
+                    rng.pick(&self.scopes).as_str()
+                };
                 self.next_pid += rng.range(1, 40) as u32;
                 let light = rng.chance(0.3);
                 self.procs.push(Process {
                     keys: proc_keys(self.next_pid, comm, cgroup),
                     system: false,
-                    activity: if light { Activity::Light } else { Activity::Idle },
+                    activity: if light {
+                        Activity::Light
+                    } else {
+                        Activity::Idle
+                    },
                     cpu_mean: if light { rng.uniform(1.0, 30.0) } else { 0.3 },
                     rss_pages: rng.range(200, 4_000) as u64,
                     threads: rng.range(1, 4) as u32,
@@ -545,8 +663,17 @@ impl NodeStream {
         h.user = (h.user + rng.uniform(-2.0, 2.0)).clamp(3.0, 85.0);
         h.system = (h.system + rng.uniform(-0.6, 0.6)).clamp(1.0, 20.0);
         h.iowait = (h.iowait + rng.uniform(-0.3, 0.3)).clamp(0.0, 8.0);
-        let steal = if rng.chance(0.1) { rng.uniform(0.0, 0.2) } else { 0.0 };
-        let (user, system, iowait, steal) = (round2(h.user), round2(h.system), round2(h.iowait), round2(steal));
+        let steal = if rng.chance(0.1) {
+            rng.uniform(0.0, 0.2)
+        } else {
+            0.0
+        };
+        let (user, system, iowait, steal) = (
+            round2(h.user),
+            round2(h.system),
+            round2(h.iowait),
+            round2(steal),
+        );
         vals.push(round2(h.user + h.system + h.iowait + steal));
         vals.extend([user, system, iowait, steal, NCPU]);
         let ctx_switches = (rng.range(12_000, 24_000) as f64 * dt).round();
@@ -566,16 +693,30 @@ impl NodeStream {
             vals.push(round2(h.load[idx]));
         }
         let procs_total = self.procs.len() as f64 + 112.0;
-        vals.extend([procs_total, 0.0, 0.0, rng.range(1, 6) as f64, if rng.chance(0.1) { 1.0 } else { 0.0 }]);
+        vals.extend([
+            procs_total,
+            0.0,
+            0.0,
+            rng.range(1, 6) as f64,
+            if rng.chance(0.1) { 1.0 } else { 0.0 },
+        ]);
         vals.extend([self.cgroups.len() as f64, 0.0]);
         for avg in h.psi_avg10.iter_mut() {
             // avg10 is an exponential average the kernel prints with two decimals.
-            let burst = if rng.chance(0.05) { rng.uniform(0.0, 6.0) } else { 0.0 };
+            let burst = if rng.chance(0.05) {
+                rng.uniform(0.0, 6.0)
+            } else {
+                0.0
+            };
             *avg = *avg * 0.905 + burst * 0.095;
             vals.push(round2(*avg));
         }
         for _ in 0..6 {
-            let stall_us = if rng.chance(0.3) { rng.range(0, 40_000) } else { 0 };
+            let stall_us = if rng.chance(0.3) {
+                rng.range(0, 40_000)
+            } else {
+                0
+            };
             vals.push(round2((stall_us as f64 / 1e6 / dt * 100.0).min(100.0)));
         }
         vals.extend([0.0, 0.0, 0.0]);
@@ -613,7 +754,9 @@ impl NodeStream {
             let avail = size - *used - size / 20;
             vals.extend([size as f64, *used as f64, avail as f64]);
             vals.push(round2(*used as f64 * 100.0 / (*used + avail) as f64));
-            vals.push(round2(0.8 + idx as f64 * 3.1 + (*used % 1_000_000) as f64 / 1e8));
+            vals.push(round2(
+                0.8 + idx as f64 * 3.1 + (*used % 1_000_000) as f64 / 1e8,
+            ));
         }
         debug_assert_eq!(vals.len(), h.keys.len());
         for (key, value) in h.keys.iter().zip(vals) {
@@ -633,17 +776,37 @@ impl NodeStream {
             };
             if rng.chance(rss_p) {
                 let pages = rng.range(1, 64);
-                p.rss_pages = if rng.chance(0.55) { p.rss_pages + pages as u64 } else { p.rss_pages.saturating_sub(pages as u64).max(100) };
+                p.rss_pages = if rng.chance(0.55) {
+                    p.rss_pages + pages as u64
+                } else {
+                    p.rss_pages.saturating_sub(pages as u64).max(100)
+                };
             }
             if rng.chance(thr_p) {
-                p.threads = if rng.chance(0.5) { p.threads + 1 } else { p.threads.saturating_sub(1).max(1) };
+                p.threads = if rng.chance(0.5) {
+                    p.threads + 1
+                } else {
+                    p.threads.saturating_sub(1).max(1)
+                };
             }
             if rng.chance(fd_p) {
                 let n = rng.range(1, 3) as u32;
-                p.fds = if rng.chance(0.5) { p.fds + n } else { p.fds.saturating_sub(n).max(3) };
+                p.fds = if rng.chance(0.5) {
+                    p.fds + n
+                } else {
+                    p.fds.saturating_sub(n).max(3)
+                };
             }
-            let read = if rng.chance(read_p) { rng.range(1, 64) * PAGE as i64 } else { 0 };
-            let write = if rng.chance(write_p) { rng.range(1, 32) * PAGE as i64 } else { 0 };
+            let read = if rng.chance(read_p) {
+                rng.range(1, 64) * PAGE as i64
+            } else {
+                0
+            };
+            let write = if rng.chance(write_p) {
+                rng.range(1, 32) * PAGE as i64
+            } else {
+                0
+            };
             let point = |value: f64| Point { ts_ms: ts, value };
             if p.seen > 0 {
                 out.push(&p.keys[0], point(round2(cpu_ticks as f64 / dt)));
@@ -662,14 +825,30 @@ impl NodeStream {
         for c in &mut self.cgroups {
             if c.cpu_mean > 0.0 && rng.chance(0.6) {
                 let pages = rng.range(-256, 300);
-                c.mem_pages = c.mem_pages.saturating_add_signed(pages).clamp(64, c.limit_bytes / PAGE);
+                c.mem_pages = c
+                    .mem_pages
+                    .saturating_add_signed(pages)
+                    .clamp(64, c.limit_bytes / PAGE);
             }
-            let cpu_ns = (c.cpu_mean * rng.uniform(0.6, 1.4) * 1e7 * dt).round() + rng.range(0, 200_000) as f64;
+            let cpu_ns = (c.cpu_mean * rng.uniform(0.6, 1.4) * 1e7 * dt).round()
+                + rng.range(0, 200_000) as f64;
             let throttled = c.throttles && rng.chance(0.15);
             let periods = if throttled { rng.range(1, 20) } else { 0 };
-            let throttled_ns = if throttled { rng.range(100_000, 50_000_000) } else { 0 };
-            let io_read = if c.io_active && rng.chance(0.1) { rng.range(1, 256) * PAGE as i64 } else { 0 };
-            let io_write = if c.io_active && rng.chance(0.5) { rng.range(1, 512) * PAGE as i64 } else { 0 };
+            let throttled_ns = if throttled {
+                rng.range(100_000, 50_000_000)
+            } else {
+                0
+            };
+            let io_read = if c.io_active && rng.chance(0.1) {
+                rng.range(1, 256) * PAGE as i64
+            } else {
+                0
+            };
+            let io_write = if c.io_active && rng.chance(0.5) {
+                rng.range(1, 512) * PAGE as i64
+            } else {
+                0
+            };
             let vals = [
                 (c.mem_pages * PAGE) as f64,
                 c.limit_bytes as f64,
@@ -688,16 +867,25 @@ impl NodeStream {
 
 /// Per-variant setup shared by the benches: a named stream configuration.
 pub fn variants(seed: u64) -> [(&'static str, StreamConfig); 2] {
-    [("steady", StreamConfig::steady(seed)), ("churn", StreamConfig::churn(seed))]
+    [
+        ("steady", StreamConfig::steady(seed)),
+        ("churn", StreamConfig::churn(seed)),
+    ]
 }
 
 /// A QUIC client config presenting a node certificate and trusting only `ca`, as the
 /// agent's `ship::tls::client_config` builds it (from PEM text rather than files).
-pub fn client_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> anyhow::Result<quinn::ClientConfig> {
+pub fn client_config(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> anyhow::Result<quinn::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c.context("bad CA PEM")?).context("CA certificate rejected")?;
+        roots
+            .add(c.context("bad CA PEM")?)
+            .context("CA certificate rejected")?;
     }
     let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
@@ -710,12 +898,15 @@ pub fn client_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> anyhow::Res
         .with_client_auth_cert(certs, key)
         .context("node certificate and key do not match")?;
     tls.alpn_protocols = vec![wire::ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).context("TLS config unusable for QUIC")?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .context("TLS config unusable for QUIC")?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport
         .keep_alive_interval(Some(Duration::from_secs(5)))
-        .max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(20_000))));
+        .max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
+            20_000,
+        ))));
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
 }
@@ -728,14 +919,16 @@ pub struct SimAgent {
 }
 
 /// What one agent session measured.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct SessionStats {
     /// Batches acked.
     pub acked: usize,
     /// Samples in the acked batches.
     pub samples: usize,
-    /// From the first batch written to the last ack read (the handshake excluded).
-    pub elapsed: Duration,
+    /// When the first batch was written (after the handshake and the start gate).
+    pub started: Instant,
+    /// When the last ack was read.
+    pub finished: Instant,
     /// Per batch: from its frame being handed to QUIC to its ack arriving.
     pub ack_latencies: Vec<Duration>,
 }
@@ -754,18 +947,23 @@ impl SimAgent {
     pub fn new(node: &str, cfg: quinn::ClientConfig) -> anyhow::Result<Self> {
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
         endpoint.set_default_client_config(cfg);
-        Ok(SimAgent { node: node.to_string(), endpoint })
+        Ok(SimAgent {
+            node: node.to_string(),
+            endpoint,
+        })
     }
 
     /// One session, as node-agent/src/ship/client.rs runs it: connect, `Hello` →
     /// `HelloAck`, then `batches` as `Batch` frames with seq 1.. pipelined up to `window`
-    /// unacked, acks read concurrently. The frames are built before the clock starts.
+    /// unacked, acks read concurrently. The frames are built before the clock starts;
+    /// sending starts once every session sharing `gate` has its `HelloAck`.
     pub async fn session(
         &self,
         aggregator: SocketAddr,
         session: u64,
         batches: &[Prepared],
         window: usize,
+        gate: &tokio::sync::Barrier,
     ) -> anyhow::Result<SessionStats> {
         let frames: Vec<(Vec<u8>, usize)> = batches
             .iter()
@@ -780,7 +978,11 @@ impl SimAgent {
                 (wire::encode_frame(&frame), b.samples)
             })
             .collect();
-        let conn = self.endpoint.connect(aggregator, "localhost")?.await.context("QUIC connect")?;
+        let conn = self
+            .endpoint
+            .connect(aggregator, "localhost")?
+            .await
+            .context("QUIC connect")?;
         let (mut send, mut recv) = conn.open_bi().await?;
         let hello = Hello {
             protocol_version: wire::PROTOCOL_VERSION,
@@ -790,15 +992,19 @@ impl SimAgent {
             session,
             capabilities: vec!["host".into(), "process".into(), "cgroup".into()],
         };
-        send.write_all(&wire::encode_frame(&Frame::Hello(hello))).await?;
+        send.write_all(&wire::encode_frame(&Frame::Hello(hello)))
+            .await?;
         match read_frame(&mut recv).await? {
             Some(Frame::HelloAck(_)) => {}
             other => anyhow::bail!("expected HelloAck, got {other:?}"),
         }
 
-        let sent_at: Vec<std::sync::OnceLock<Instant>> = (0..frames.len()).map(|_| std::sync::OnceLock::new()).collect();
-        let window = Arc::new(tokio::sync::Semaphore::new(window));
-        let start = Instant::now();
+        let sent_at: Vec<std::sync::OnceLock<Instant>> = (0..frames.len())
+            .map(|_| std::sync::OnceLock::new())
+            .collect();
+        let window = tokio::sync::Semaphore::new(window);
+        gate.wait().await;
+        let started = Instant::now();
         let writer = async {
             for (idx, (bytes, _)) in frames.iter().enumerate() {
                 window.acquire().await?.forget();
@@ -808,12 +1014,21 @@ impl SimAgent {
             anyhow::Ok(())
         };
         let reader = async {
-            let mut stats = SessionStats::default();
+            let mut stats = SessionStats {
+                acked: 0,
+                samples: 0,
+                started,
+                finished: started,
+                ack_latencies: Vec::with_capacity(frames.len()),
+            };
             while stats.acked < frames.len() {
                 match read_frame(&mut recv).await? {
                     Some(Frame::Ack { seq, .. }) => {
                         let idx = (seq - 1) as usize;
-                        let sent = sent_at.get(idx).and_then(|s| s.get()).context("ack for a batch never sent")?;
+                        let sent = sent_at
+                            .get(idx)
+                            .and_then(|s| s.get())
+                            .context("ack for a batch never sent")?;
                         stats.ack_latencies.push(sent.elapsed());
                         stats.samples += frames[idx].1;
                         stats.acked += 1;
@@ -822,7 +1037,7 @@ impl SimAgent {
                     other => anyhow::bail!("expected Ack, got {other:?}"),
                 }
             }
-            stats.elapsed = start.elapsed();
+            stats.finished = Instant::now();
             anyhow::Ok(stats)
         };
         let (w, r) = tokio::join!(writer, reader);
@@ -881,7 +1096,11 @@ mod tests {
         assert_eq!(a[0].series.len(), per_tick);
         assert_eq!(a[0].n_samples(), per_tick * 5);
         let ts: Vec<i64> = a[0].series[0].points.iter().map(|p| p.ts_ms).collect();
-        assert!(a[0].series.iter().all(|s| s.points.iter().map(|p| p.ts_ms).eq(ts.iter().copied())));
+        assert!(
+            a[0].series
+                .iter()
+                .all(|s| s.points.iter().map(|p| p.ts_ms).eq(ts.iter().copied()))
+        );
         for w in ts.windows(2) {
             assert!((994..=1006).contains(&(w[1] - w[0])), "{ts:?}");
         }
@@ -902,11 +1121,19 @@ mod tests {
         let first = stream.next_batch(5);
         let later = stream.batches(4, 5).pop().unwrap();
         let pids = |b: &Batch| -> std::collections::BTreeSet<String> {
-            b.series.iter().filter(|s| s.key.entity.starts_with("process/")).map(|s| s.key.entity.clone()).collect()
+            b.series
+                .iter()
+                .filter(|s| s.key.entity.starts_with("process/"))
+                .map(|s| s.key.entity.clone())
+                .collect()
         };
         let (a, b) = (pids(&first), pids(&later));
         let gone = a.difference(&b).count();
-        assert!(gone > 5 && gone < 60, "{gone} of {} processes gone", a.len());
+        assert!(
+            gone > 5 && gone < 60,
+            "{gone} of {} processes gone",
+            a.len()
+        );
         // Some series are partial: processes that exited or appeared mid-batch.
         assert!(later.series.iter().any(|s| s.points.len() < 5));
     }

@@ -5,6 +5,8 @@
 //! `/metrics` and `/healthz`. `main.rs` only parses arguments.
 
 pub mod collect;
+pub mod detect;
+pub mod logs;
 pub mod run;
 pub mod ship;
 pub mod telemetry;

@@ -14,7 +14,7 @@ use common::model::{Event, Severity};
 use common::wire::{Hello, PROTOCOL_VERSION};
 use tokio::sync::watch;
 
-use crate::collect::{self, CollectConfig, Collector};
+use crate::collect::{self, CollectConfig, CollectError, Collector};
 use crate::ship::batcher::Batcher;
 use crate::ship::client::{self, ClientConfig, Shared};
 use crate::ship::outbox::Outbox;
@@ -136,14 +136,30 @@ fn collect_once(
     for (idx, c) in collectors.iter_mut().enumerate() {
         // A panicking collector loses its own tick, not the agent.
         let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.collect(mono, values)));
+        let up = metrics.collector_up.with_label_values(&[c.name()]);
         let err = match res {
-            Ok(Ok(())) => continue,
+            Ok(Ok(())) => {
+                if up.get() == 0 {
+                    tracing::info!(collector = c.name(), "collector available again");
+                    up.set(1);
+                }
+                continue;
+            }
+            Ok(Err(CollectError::Unavailable { what, detail })) => {
+                // Missing facility (no cgroupfs, no PSI): say it once, show it on
+                // /metrics, keep the rest of the agent running.
+                if up.get() == 1 {
+                    tracing::warn!(collector = c.name(), what, detail = %detail, "collector disabled: facility unavailable on this host");
+                    up.set(0);
+                }
+                continue;
+            }
             Ok(Err(e)) => e.to_string(),
             Err(_) => "collector panicked".to_string(),
         };
         metrics.collector_errors.with_label_values(&[c.name()]).inc();
         // First error, then one line per 60 so a broken source does not flood the log.
-        if error_counts[idx] % 60 == 0 {
+        if error_counts[idx].is_multiple_of(60) {
             tracing::warn!(collector = c.name(), error = %err, occurrences = error_counts[idx] + 1, "collector error");
         }
         error_counts[idx] += 1;

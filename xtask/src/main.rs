@@ -9,7 +9,9 @@
 //! - `up`: local mode: build, make PKI, run the aggregator and one node agent for this host.
 //! - `test`: what the README's test command runs: tests, clippy, rustfmt.
 //! - `ci`: what `.ci/run` calls: every check, with a timing line per step.
+//! - `bench`: benchmarks: agent overhead beside peer agents, codec, ingest, detection.
 
+mod bench;
 mod certs;
 mod ci;
 mod cmd;
@@ -45,6 +47,8 @@ enum Task {
     Test(test::Args),
     /// Everything `test` checks, with a timing line per step (what `.ci/run` calls).
     Ci,
+    /// Benchmarks: agent overhead beside node_exporter and Netdata, codec, ingest, detect.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +58,7 @@ fn main() -> ExitCode {
         Task::Up(args) => up::run(&args),
         Task::Test(args) => test::run(&args),
         Task::Ci => ci::run(),
+        Task::Bench(args) => bench::run(&args),
     };
     // Print the error chain ourselves: anyhow's `main` would add a backtrace whenever
     // RUST_BACKTRACE is set, which says nothing useful about a failed chore.

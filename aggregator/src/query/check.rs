@@ -114,8 +114,8 @@ impl Visitor for ReadOnlyVisitor {
             };
             // A quoted name containing a separator is never one of our tables: our tables
             // are plain identifiers, and dotted names are already split into parts.
-            let path_like = ident.quote_style == Some('\'')
-                || ident.value.contains(['/', '\\', ':', '.']);
+            let path_like =
+                ident.quote_style == Some('\'') || ident.value.contains(['/', '\\', ':', '.']);
             if path_like {
                 return ControlFlow::Break(QueryError::Refused(format!(
                     "file and URL access is not allowed; got table name {:?}",

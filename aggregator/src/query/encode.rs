@@ -1,28 +1,6 @@
 //! Encoding a [`QueryOutput`] for the wire: JSON rows or an Arrow IPC stream.
 //!
-//! JSON shape:
-//!
-//! ```json
-//! {"columns": [{"name": "node", "type": "Dictionary(Int32, Utf8)"}],
-//!  "rows": [["web-1"]],
-//!  "truncated": false}
-//! ```
-//!
-//! `type` is the Arrow `DataType`'s Display text. Values:
-//!
-//! - integers are JSON integers, finite floats JSON numbers; `NaN`, `inf` and `-inf` are
-//!   the strings `"NaN"`, `"Infinity"` and `"-Infinity"` (JSON has no such numbers, and
-//!   `null` would be mistaken for SQL NULL; JavaScript's `Number()` and Python's
-//!   `float()` read these strings back);
-//! - decimals are JSON numbers written with their exact decimal digits;
-//! - booleans are booleans, strings strings, SQL NULL is `null`;
-//! - timestamps are RFC 3339 strings in UTC with a `Z` and as many fraction digits as the
-//!   unit has (`s`: none, `ms`: 3, `us`: 6, `ns`: 9), e.g. `"2026-11-22T20:41:03.123Z"`.
-//!   A timestamp without a time zone is taken as UTC. Years outside 0000–9999 carry a sign
-//!   (ISO 8601 expanded form), e.g. `"+12000-01-01T00:00:00Z"`;
-//! - dictionary-encoded values are written as their values;
-//! - everything else (dates, times, durations, intervals, binary, lists, structs, maps)
-//!   is a string with Arrow's display text.
+//! The JSON format is described on [`QueryOutput::to_json`].
 //!
 //! The encoder works column-wise: one typed writer per column and batch, downcast once,
 //! then rows are written straight into the output buffer.
@@ -30,8 +8,8 @@
 use std::io::{self, Write};
 
 use datafusion::arrow::array::{
-    Array, ArrowPrimitiveType, AsArray, BooleanArray, GenericStringArray, OffsetSizeTrait,
-    PrimitiveArray, StringViewArray,
+    AnyDictionaryArray, Array, ArrowPrimitiveType, AsArray, BooleanArray, GenericStringArray,
+    OffsetSizeTrait, PrimitiveArray, StringViewArray,
 };
 use datafusion::arrow::datatypes::{
     DataType, Float16Type, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type,
@@ -47,7 +25,29 @@ use super::{QueryError, QueryOutput};
 pub const ARROW_STREAM_MEDIA_TYPE: &str = "application/vnd.apache.arrow.stream";
 
 impl QueryOutput {
-    /// The JSON body described in the module doc.
+    /// The JSON body:
+    ///
+    /// ```json
+    /// {"columns": [{"name": "node", "type": "Dictionary(Int32, Utf8)"}],
+    ///  "rows": [["web-1"]],
+    ///  "truncated": false}
+    /// ```
+    ///
+    /// `type` is the Arrow `DataType`'s Display text. Values:
+    ///
+    /// - integers are JSON integers, finite floats JSON numbers; `NaN`, `inf` and `-inf` are
+    ///   the strings `"NaN"`, `"Infinity"` and `"-Infinity"` (JSON has no such numbers, and
+    ///   `null` would be mistaken for SQL NULL; JavaScript's `Number()` and Python's
+    ///   `float()` read these strings back);
+    /// - decimals are JSON numbers written with their exact decimal digits;
+    /// - booleans are booleans, strings strings, SQL NULL is `null`;
+    /// - timestamps are RFC 3339 strings in UTC with a `Z` and as many fraction digits as the
+    ///   unit has (`s`: none, `ms`: 3, `us`: 6, `ns`: 9), e.g. `"2026-11-22T20:41:03.123Z"`.
+    ///   A timestamp without a time zone is taken as UTC. Years outside 0000–9999 carry a sign
+    ///   (ISO 8601 expanded form), e.g. `"+12000-01-01T00:00:00Z"`;
+    /// - dictionary-encoded values are written as their values;
+    /// - everything else (dates, times, durations, intervals, binary, lists, structs, maps)
+    ///   is a string with Arrow's display text.
     pub fn to_json(&self) -> Result<Vec<u8>, QueryError> {
         self.write_json()
             .map_err(|err| QueryError::Server(format!("failed to encode JSON: {err}")))
@@ -137,22 +137,30 @@ fn cell_writer(array: &dyn Array) -> Box<dyn CellWriter + '_> {
         DataType::Timestamp(unit, _) => {
             let (values, per_second, n_digits) = match unit {
                 TimeUnit::Second => (
-                    array.as_primitive::<TimestampSecondType>().reinterpret_cast(),
+                    array
+                        .as_primitive::<TimestampSecondType>()
+                        .reinterpret_cast(),
                     1,
                     0,
                 ),
                 TimeUnit::Millisecond => (
-                    array.as_primitive::<TimestampMillisecondType>().reinterpret_cast(),
+                    array
+                        .as_primitive::<TimestampMillisecondType>()
+                        .reinterpret_cast(),
                     1_000,
                     3,
                 ),
                 TimeUnit::Microsecond => (
-                    array.as_primitive::<TimestampMicrosecondType>().reinterpret_cast(),
+                    array
+                        .as_primitive::<TimestampMicrosecondType>()
+                        .reinterpret_cast(),
                     1_000_000,
                     6,
                 ),
                 TimeUnit::Nanosecond => (
-                    array.as_primitive::<TimestampNanosecondType>().reinterpret_cast(),
+                    array
+                        .as_primitive::<TimestampNanosecondType>()
+                        .reinterpret_cast(),
                     1_000_000_000,
                     9,
                 ),
@@ -168,11 +176,10 @@ fn cell_writer(array: &dyn Array) -> Box<dyn CellWriter + '_> {
         | DataType::Decimal128(..)
         | DataType::Decimal256(..) => fallback(array, true),
         DataType::Dictionary(..) => match array.as_any_dictionary_opt() {
-            Some(dict) => Box::new(DictWriter {
-                array,
-                keys: dict.normalized_keys(),
-                values: cell_writer(dict.values().as_ref()),
-            }),
+            Some(dict) => match DictWriter::new(array, dict) {
+                Ok(writer) => Box::new(writer),
+                Err(_) => fallback(array, false),
+            },
             None => fallback(array, false),
         },
         _ => fallback(array, false),
@@ -340,28 +347,43 @@ impl CellWriter for TimestampWriter {
 }
 
 /// Writes `secs` since the Unix epoch (UTC) plus a fraction of `n_digits` digits as
-/// RFC 3339, e.g. `2026-11-22T20:41:03.123Z`.
+/// RFC 3339, e.g. `2026-11-22T20:41:03.123Z`. Digits are written by hand: `write!` costs
+/// several times more and timestamps are in nearly every result.
 fn write_rfc3339(secs: i64, frac: i64, n_digits: usize, out: &mut Vec<u8>) -> io::Result<()> {
     let days = secs.div_euclid(86_400);
     let sec_of_day = secs.rem_euclid(86_400);
     let (year, month, day) = civil_from_days(days);
     if (0..=9999).contains(&year) {
-        write!(out, "{year:04}")?;
+        push_digits(year, 4, out);
     } else {
         write!(out, "{year:+05}")?;
     }
-    write!(
-        out,
-        "-{month:02}-{day:02}T{:02}:{:02}:{:02}",
-        sec_of_day / 3600,
-        sec_of_day / 60 % 60,
-        sec_of_day % 60
-    )?;
+    out.push(b'-');
+    push_digits(i64::from(month), 2, out);
+    out.push(b'-');
+    push_digits(i64::from(day), 2, out);
+    out.push(b'T');
+    push_digits(sec_of_day / 3600, 2, out);
+    out.push(b':');
+    push_digits(sec_of_day / 60 % 60, 2, out);
+    out.push(b':');
+    push_digits(sec_of_day % 60, 2, out);
     if n_digits > 0 {
-        write!(out, ".{frac:0n_digits$}")?;
+        out.push(b'.');
+        push_digits(frac, n_digits, out);
     }
     out.push(b'Z');
     Ok(())
+}
+
+/// Appends the last `n_digits` decimal digits of `value` (>= 0), zero-padded.
+fn push_digits(mut value: i64, n_digits: usize, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.resize(start + n_digits, b'0');
+    for slot in out[start..].iter_mut().rev() {
+        *slot = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
 }
 
 /// Proleptic Gregorian (year, month, day) of a day count since 1970-01-01.
@@ -390,7 +412,38 @@ struct DictWriter<'a> {
     array: &'a dyn Array,
     /// Index into the values for every row; arbitrary (but in range) for null keys.
     keys: Vec<usize>,
-    values: Box<dyn CellWriter + 'a>,
+    values: DictValues<'a>,
+}
+
+/// The JSON of a dictionary's values. Rendered once per batch when there are no more
+/// values than rows (the usual case: a few node or metric names repeated), so each row
+/// is a copy; otherwise rendered per row.
+enum DictValues<'a> {
+    Rendered { json: Vec<u8>, ends: Vec<usize> },
+    PerRow(Box<dyn CellWriter + 'a>),
+}
+
+impl<'a> DictWriter<'a> {
+    fn new(array: &'a dyn Array, dict: &'a dyn AnyDictionaryArray) -> io::Result<Self> {
+        let values_array = dict.values().as_ref();
+        let writer = cell_writer(values_array);
+        let values = if values_array.len() <= array.len() {
+            let mut json = Vec::new();
+            let mut ends = Vec::with_capacity(values_array.len());
+            for idx in 0..values_array.len() {
+                writer.write(idx, &mut json)?;
+                ends.push(json.len());
+            }
+            DictValues::Rendered { json, ends }
+        } else {
+            DictValues::PerRow(writer)
+        };
+        Ok(DictWriter {
+            array,
+            keys: dict.normalized_keys(),
+            values,
+        })
+    }
 }
 
 impl CellWriter for DictWriter<'_> {
@@ -399,7 +452,19 @@ impl CellWriter for DictWriter<'_> {
             out.extend_from_slice(b"null");
             return Ok(());
         }
-        self.values.write(self.keys[idx], out)
+        let value_idx = self.keys[idx];
+        match &self.values {
+            DictValues::Rendered { json, ends } => {
+                let start = if value_idx == 0 {
+                    0
+                } else {
+                    ends[value_idx - 1]
+                };
+                out.extend_from_slice(&json[start..ends[value_idx]]);
+                Ok(())
+            }
+            DictValues::PerRow(writer) => writer.write(value_idx, out),
+        }
     }
 }
 
@@ -514,7 +579,16 @@ mod tests {
 
     #[test]
     fn json_number_grammar() {
-        for ok in ["0", "-0", "12", "-12.50", "0.001", "1e5", "1.5E-3", "123456789012345678901"] {
+        for ok in [
+            "0",
+            "-0",
+            "12",
+            "-12.50",
+            "0.001",
+            "1e5",
+            "1.5E-3",
+            "123456789012345678901",
+        ] {
             assert!(is_json_number(ok), "{ok}");
         }
         for bad in ["", "-", "01", "1.", ".5", "1e", "NaN", "1,5", "+1", "12 "] {

@@ -3,13 +3,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::{Json, Router};
 use datafusion::prelude::SessionContext;
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
 
@@ -58,7 +58,18 @@ where
         metrics: SqlMetrics::register(registry)?,
     });
     Ok(Router::new()
-        .route("/api/v1/sql", post(handle_sql))
+        .route(
+            "/api/v1/sql",
+            post(handle_sql).fallback(|| async {
+                let msg = "use POST with a JSON body {\"sql\": \"...\"}";
+                let body = serde_json::json!({ "error": msg });
+                (
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    [(header::ALLOW, "POST")],
+                    Json(body),
+                )
+            }),
+        )
         .with_state(state))
 }
 
@@ -156,7 +167,10 @@ async fn answer(
         let body = output.to_arrow_ipc()?;
         Ok((
             [
-                (header::CONTENT_TYPE, HeaderValue::from_static(ARROW_STREAM_MEDIA_TYPE)),
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(ARROW_STREAM_MEDIA_TYPE),
+                ),
                 (header::HeaderName::from_static(TRUNCATED_HEADER), truncated),
             ],
             body,
@@ -166,7 +180,10 @@ async fn answer(
         let body = output.to_json()?;
         Ok((
             [
-                (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                ),
                 (header::HeaderName::from_static(TRUNCATED_HEADER), truncated),
             ],
             body,

@@ -87,9 +87,9 @@ pub(super) async fn run_checked(
     let ctx = ctx.clone();
     let sql = sql.to_owned();
     let max_rows = limits.max_rows;
-    let mut task = AbortOnDrop(tokio::spawn(async move {
-        execute(&ctx, &sql, max_rows).await
-    }));
+    let mut task = AbortOnDrop(tokio::spawn(
+        async move { execute(&ctx, &sql, max_rows).await },
+    ));
     match tokio::time::timeout(limits.timeout, &mut task.0).await {
         Err(_elapsed) => Err(QueryError::Timeout(limits.timeout)),
         Ok(Ok(res)) => res,
@@ -112,7 +112,11 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn execute(ctx: &SessionContext, sql: &str, max_rows: usize) -> Result<QueryOutput, QueryError> {
+async fn execute(
+    ctx: &SessionContext,
+    sql: &str,
+    max_rows: usize,
+) -> Result<QueryOutput, QueryError> {
     // Second line of defence after `check_read_only`: the planner refuses DDL, DML and
     // statements in the logical plan, whatever the parser let through.
     let options = SQLOptions::new()
@@ -123,7 +127,10 @@ async fn execute(ctx: &SessionContext, sql: &str, max_rows: usize) -> Result<Que
         .sql_with_options(sql, options)
         .await
         .map_err(QueryError::from_datafusion)?;
-    let mut stream = df.execute_stream().await.map_err(QueryError::from_datafusion)?;
+    let mut stream = df
+        .execute_stream()
+        .await
+        .map_err(QueryError::from_datafusion)?;
     let schema = stream.schema();
 
     // Pull batches only until `max_rows` rows are held plus one more row to know whether

@@ -156,11 +156,11 @@ impl Store {
             report.segments += 1;
             for entry in scan.entries {
                 let decoded = decode_entry(&entry);
-                if let Applied::Stored { samples } = state.apply(&entry, decoded) {
-                    if matches!(entry, WalEntry::Batch { .. }) {
-                        report.batches += 1;
-                        report.samples += samples;
-                    }
+                if let Applied::Stored { samples } = state.apply(&entry, decoded)
+                    && matches!(entry, WalEntry::Batch { .. })
+                {
+                    report.batches += 1;
+                    report.samples += samples;
                 }
             }
         }
@@ -375,3 +375,6 @@ fn decode_entry(entry: &WalEntry) -> Option<DecodedBatch> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -88,11 +88,11 @@ impl Outbox {
 
     /// The aggregator will never accept `seq`: drop it and count it.
     pub fn handle_nack(&mut self, seq: u64) {
-        if let Some(idx) = self.entries.iter().position(|e| e.seq == seq) {
-            if let Some(e) = self.entries.remove(idx) {
-                self.bytes -= e.payload.len();
-                self.losses.nacked_batches += 1;
-            }
+        if let Some(idx) = self.entries.iter().position(|e| e.seq == seq)
+            && let Some(e) = self.entries.remove(idx)
+        {
+            self.bytes -= e.payload.len();
+            self.losses.nacked_batches += 1;
         }
     }
 

@@ -1,0 +1,763 @@
+//! One series' detector: fixed-size state, scored on arrival, causal.
+//!
+//! See the module doc in `detect/mod.rs` for the pipeline, and `docs/detection.md` for the
+//! reasoning behind each constant. The constants below are deliberately not configuration:
+//! they were chosen once, from first principles and the synthetic harness, for all series.
+
+use super::config::DetectConfig;
+use super::stats::{self, TAIL_U, Tail};
+
+/// Recent deseasonalised values kept for re-basing and for the period search.
+const RING: usize = 64;
+/// Seasonal profile resolution (bins per period, linear interpolation between centres).
+const NBINS: usize = 64;
+/// Fast level smoothing (one-step forecast).
+const ALPHA: f64 = 0.25;
+/// Trend smoothing (Holt, in the error-correction form `b += BETA * e`).
+const BETA: f64 = 0.01;
+/// Slow reference level for drift detection (time constant about 50 samples).
+const ALPHA_SLOW: f64 = 0.02;
+/// Scale smoothing (time constant about 50 samples).
+const ALPHA_SCALE: f64 = 0.02;
+/// The drift residual's scale learns four times slower and from residuals clipped at
+/// three scales: a drift must not be able to teach the scale that it is normal before the
+/// change-point detector has seen it (it can grow at most 1.4% a sample).
+const ALPHA_SLOW_SCALE: f64 = 0.005;
+const SLOW_SCALE_CLIP: f64 = 3.0;
+/// Level updates see residuals clipped to this many scales (Huber), so a spike moves the
+/// baseline by at most `ALPHA * HUBER` scales.
+const HUBER: f64 = 3.0;
+/// Scale updates see absolute residuals clipped to this many scales.
+const SCALE_CLIP: f64 = 4.0;
+/// CUSUM reference (half the smallest shift of interest, in scales) and input clip: one
+/// spike adds at most `CUSUM_CLIP - CUSUM_K`, far below an alert, a shift adds it per sample.
+const CUSUM_K: f64 = 0.5;
+const CUSUM_CLIP: f64 = 4.0;
+/// Variance CUSUM: log-likelihood ratio of "scale doubled" on standardised residual
+/// differences, `z²(1 - 1/4)/2 - ln 2`, with `z²` clipped so one spike cannot fire it.
+const VAR_GAIN: f64 = 0.375;
+const VAR_COST: f64 = std::f64::consts::LN_2;
+const VAR_CLIP: f64 = 9.0;
+/// Seasonal profile learning rate per period (each bin forgets in about 7 periods).
+const SEASON_GAMMA: f64 = 0.15;
+/// Mean absolute deviation to standard deviation for a normal distribution.
+const MEAN_ABS_TO_SIGMA: f64 = 1.253_314_137_315_500_3;
+/// Samples before the robust clipping starts (the scale must exist first).
+const YOUNG: u32 = 32;
+/// Values are clamped to this for the state (f32 ring and profile stay finite).
+const MAX_ABS: f64 = 1e30;
+/// Weight with which already-anomalous samples feed the tail calibration: recurring
+/// "anomalies" slowly become normal, one-off ones stay rare.
+const ANOMALOUS_WEIGHT: f32 = 0.1;
+/// Daily period, for the wall-clock seasonal profile.
+const DAY_MS: i64 = 86_400_000;
+/// Epoch milliseconds below this (1973-03-03) are taken as indexes, not wall-clock times.
+const EPOCH_MIN_MS: i64 = 100_000_000_000;
+
+const N_DET: usize = 3;
+const DETECTORS: [&str; N_DET] = ["robust_residual", "change_point", "variance"];
+/// Null exceedance rates over `TAIL_U` of each raw statistic (prior for the tail fit):
+/// exactly e^-3 for the normal surprise, about that times the Siegmund constant for the
+/// two CUSUMs (whose stationary tails are about `C e^-S`).
+const PRIOR_PU: [f64; N_DET] = [0.049_787, 0.025, 0.015];
+const SPIKE: usize = 0;
+const CHANGE: usize = 1;
+const VARIANCE: usize = 2;
+
+const SEASON_UNDECIDED: u8 = 0;
+const SEASON_NONE: u8 = 1;
+const SEASON_ON: u8 = 2;
+
+/// What one sample looked like to its series' detector.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observation {
+    /// Calibrated anomaly score in `[0, 1]` (0 during warm-up, for flat series and for
+    /// non-finite values).
+    pub score: f64,
+    /// One-step forecast of this sample from the past only.
+    pub expected: f64,
+    /// Lower end of the normal range (where the spike detector's score would reach 0.5).
+    pub lower: f64,
+    /// Upper end of the normal range.
+    pub upper: f64,
+    /// Set only on the sample that opens a reported anomaly episode.
+    pub anomaly: Option<AnomalyStart>,
+    /// True while a reported episode is open (including its first sample).
+    pub in_anomaly: bool,
+}
+
+/// The opening of an anomaly episode, with enough context for an operator to see why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AnomalyStart {
+    /// Which detector dominated: `"robust_residual"`, `"change_point"` or `"variance"`.
+    pub detector: &'static str,
+    /// Score of the opening sample, in `[0, 1]`.
+    pub score: f64,
+    /// Forecast of the opening sample.
+    pub expected: f64,
+    /// Normal range, low end.
+    pub lower: f64,
+    /// Normal range, high end.
+    pub upper: f64,
+    /// The observed value.
+    pub value: f64,
+    /// One readable sentence.
+    pub explanation: String,
+}
+
+/// Episode state: hysteresis, minimum duration, token-bucket rate limit.
+#[derive(Clone, Copy, Debug)]
+struct Episode {
+    open: bool,
+    reported: bool,
+    hot: u16,
+    cool: u16,
+    tokens: f32,
+    token_ts: i64,
+    suppressed: u32,
+}
+
+impl Episode {
+    /// Advances one sample; true when a reported episode opens on it.
+    fn step(&mut self, cfg: &DetectConfig, ts_ms: i64, score: f64) -> bool {
+        if !self.open {
+            self.hot = if score >= cfg.open_threshold { self.hot.saturating_add(1) } else { 0 };
+            if u32::from(self.hot) < cfg.min_duration.max(1) {
+                return false;
+            }
+            self.open = true;
+            self.hot = 0;
+            self.cool = 0;
+            let hours = ts_ms.saturating_sub(self.token_ts) as f64 / 3.6e6;
+            if hours > 0.0 {
+                let refill = (hours * cfg.max_episodes_per_hour) as f32;
+                self.tokens = (self.tokens + refill).min(cfg.episode_burst as f32);
+                self.token_ts = ts_ms;
+            }
+            self.reported = self.tokens >= 1.0;
+            if self.reported {
+                self.tokens -= 1.0;
+            } else {
+                self.suppressed = self.suppressed.saturating_add(1);
+            }
+            self.reported
+        } else {
+            self.cool = if score < cfg.close_threshold { self.cool.saturating_add(1) } else { 0 };
+            if u32::from(self.cool) >= cfg.close_after.max(1) {
+                self.open = false;
+                self.reported = false;
+                self.cool = 0;
+            }
+            false
+        }
+    }
+}
+
+/// Streaming detector for one series. Fixed size, no heap: `size_of::<SeriesDetector>()`
+/// is all its memory (see `docs/detection.md` for the layout).
+#[derive(Clone, Debug)]
+pub struct SeriesDetector {
+    n: u32,
+    season: u8,
+    nbins: u8,
+    ring_pos: u8,
+    run_len: u16,
+    var_run: u16,
+    last_ts: i64,
+    interval_ms: i64,
+    period_ms: i64,
+    origin_ms: i64,
+    /// Ring values are stored as `f32` offsets from this, re-anchored when the level moves far.
+    anchor: f64,
+    /// Fast level and trend (deseasonalised), slow reference level.
+    lf: f64,
+    trend: f64,
+    ls: f64,
+    /// Exponentially weighted mean absolute fast and slow residuals.
+    abs_f: f64,
+    abs_s: f64,
+    /// Smallest non-zero step seen: the series' resolution (a scale floor).
+    quantum: f64,
+    last_x: f64,
+    prev_ef: f32,
+    cusum_pos: f32,
+    cusum_neg: f32,
+    var_cusum: f32,
+    /// Short average of clipped squared standardised differences (≈1 when calm).
+    var_ew: f32,
+    /// Half-width of the normal range, in scales.
+    band_z: f32,
+    tails: [Tail; N_DET],
+    episode: Episode,
+    ring: [f32; RING],
+    /// Seasonal profile once the season is decided; before that, the first sample deltas
+    /// (the interval estimate), so the space is not paid twice.
+    bins: [f32; NBINS],
+}
+
+impl SeriesDetector {
+    /// A fresh detector; it learns for `cfg.warmup` samples before scoring.
+    pub fn new(cfg: &DetectConfig) -> Self {
+        let burst = if cfg.episode_burst.is_finite() { cfg.episode_burst.max(0.0) as f32 } else { 1.0 };
+        SeriesDetector {
+            n: 0,
+            season: SEASON_UNDECIDED,
+            nbins: 0,
+            ring_pos: 0,
+            run_len: 0,
+            var_run: 0,
+            last_ts: 0,
+            interval_ms: 0,
+            period_ms: 0,
+            origin_ms: 0,
+            anchor: 0.0,
+            lf: 0.0,
+            trend: 0.0,
+            ls: 0.0,
+            abs_f: 0.0,
+            abs_s: 0.0,
+            quantum: f64::INFINITY,
+            last_x: 0.0,
+            prev_ef: 0.0,
+            cusum_pos: 0.0,
+            cusum_neg: 0.0,
+            var_cusum: 0.0,
+            var_ew: 1.0,
+            band_z: 4.0,
+            tails: [Tail::default(); N_DET],
+            episode: Episode {
+                open: false,
+                reported: false,
+                hot: 0,
+                cool: 0,
+                tokens: burst,
+                token_ts: i64::MIN,
+                suppressed: 0,
+            },
+            ring: [0.0; RING],
+            bins: [0.0; NBINS],
+        }
+    }
+
+    /// Samples learned so far (non-finite values are not counted).
+    pub fn samples(&self) -> u32 {
+        self.n
+    }
+
+    /// The seasonal period in milliseconds, once one is in use.
+    pub fn season_period_ms(&self) -> Option<i64> {
+        (self.season == SEASON_ON).then_some(self.period_ms)
+    }
+
+    /// Episodes that opened past the rate limit and were not reported.
+    pub fn suppressed_episodes(&self) -> u32 {
+        self.episode.suppressed
+    }
+
+    /// Scores one sample, then learns from it. `ts_ms` is the sample's wall-clock time in
+    /// milliseconds (only differences and time of day are used). Never panics; a non-finite
+    /// `value` scores 0 and leaves the state untouched.
+    pub fn observe(&mut self, cfg: &DetectConfig, ts_ms: i64, value: f64) -> Observation {
+        if !value.is_finite() {
+            return self.quiet(ts_ms);
+        }
+        let x = value.clamp(-MAX_ABS, MAX_ABS);
+        if self.n == 0 {
+            self.start(ts_ms, x);
+            return Observation { score: 0.0, expected: x, lower: x, upper: x, anomaly: None, in_anomaly: false };
+        }
+        self.track_time(ts_ms);
+        let season = self.season_at(ts_ms);
+        let d = x - season;
+        let floor = self.floor(cfg);
+        let sig_f = (self.abs_f * MEAN_ABS_TO_SIGMA).max(floor);
+        let sig_s = (self.abs_s * MEAN_ABS_TO_SIGMA).max(sig_f);
+        let e_f = d - (self.lf + self.trend);
+        let e_s = d - (self.ls + self.trend);
+        let z_f = finite_z(e_f / sig_f);
+        let z_s = finite_z(e_s / sig_s);
+        let z_v = finite_z((e_f - f64::from(self.prev_ef)) / (std::f64::consts::SQRT_2 * sig_f));
+        let warm = self.n >= cfg.warmup;
+
+        // Raw statistics: the past and this sample, nothing later.
+        let zv2 = (z_v * z_v).min(VAR_CLIP);
+        self.var_ew += 0.2 * (zv2 as f32 - self.var_ew);
+        if warm {
+            let zc = z_s.clamp(-CUSUM_CLIP, CUSUM_CLIP);
+            self.cusum_pos = (self.cusum_pos + (zc - CUSUM_K) as f32).max(0.0);
+            self.cusum_neg = (self.cusum_neg + (-zc - CUSUM_K) as f32).max(0.0);
+            self.run_len = if self.cusum_pos.max(self.cusum_neg) > 0.0 { self.run_len.saturating_add(1) } else { 0 };
+            self.var_cusum = (self.var_cusum + (VAR_GAIN * zv2 - VAR_COST) as f32).max(0.0);
+            self.var_run = if self.var_cusum > 0.0 { self.var_run.saturating_add(1) } else { 0 };
+        }
+        let surprise = [
+            if z_f.abs() > 1.9 { stats::normal_surprise(z_f) } else { 0.0 },
+            f64::from(self.cusum_pos.max(self.cusum_neg)),
+            f64::from(self.var_cusum),
+        ];
+
+        // Calibration: tail probability per detector, Bonferroni over detectors.
+        let mut det_score = [0.0f64; N_DET];
+        let mut score = 0.0;
+        let mut which = SPIKE;
+        let mut p_best = 1.0;
+        if warm {
+            for i in 0..N_DET {
+                if surprise[i] > TAIL_U {
+                    let p = (self.tails[i].tail_prob(surprise[i], PRIOR_PU[i]) * N_DET as f64).min(1.0);
+                    let s = (-p / cfg.false_alarm_rate).exp2();
+                    det_score[i] = if s.is_nan() { 0.0 } else { s.clamp(0.0, 1.0) };
+                    if det_score[i] > score {
+                        score = det_score[i];
+                        which = i;
+                        p_best = p;
+                    }
+                }
+            }
+        }
+
+        let expected = self.lf + self.trend + season;
+        let half = f64::from(self.band_z) * sig_f;
+        let (lower, upper) = (expected - half, expected + half);
+        let opened = warm && self.episode.step(cfg, ts_ms, score);
+        let anomaly = opened.then(|| {
+            let run = match which {
+                CHANGE => self.run_len,
+                VARIANCE => self.var_run,
+                _ => 1,
+            };
+            AnomalyStart {
+                detector: DETECTORS[which],
+                score,
+                expected,
+                lower,
+                upper,
+                value,
+                explanation: explain(which, value, expected, lower, upper, z_f, run, self.var_ew, p_best),
+            }
+        });
+
+        self.learn(cfg, x, d, e_f, e_s, sig_f, sig_s, warm, &surprise, score);
+        if warm && det_score[CHANGE] >= cfg.open_threshold {
+            self.rebase_level(d);
+        }
+        if warm && det_score[VARIANCE] >= cfg.open_threshold && det_score[VARIANCE] >= det_score[CHANGE] {
+            self.rebase_scale();
+        }
+        self.n = self.n.saturating_add(1);
+        if self.season == SEASON_UNDECIDED && self.n as usize >= RING {
+            self.decide_season(cfg, ts_ms);
+        }
+        if self.n % 32 == 0 || self.n == cfg.warmup {
+            self.update_band(cfg);
+        }
+        Observation { score, expected, lower, upper, anomaly, in_anomaly: self.episode.open && self.episode.reported }
+    }
+
+    /// The observation for a sample that cannot be scored.
+    fn quiet(&self, ts_ms: i64) -> Observation {
+        let (expected, half) = if self.n == 0 {
+            (0.0, 0.0)
+        } else {
+            let sig = (self.abs_f * MEAN_ABS_TO_SIGMA).max(1e-300);
+            (self.lf + self.trend + self.season_at(ts_ms), f64::from(self.band_z) * sig)
+        };
+        Observation {
+            score: 0.0,
+            expected,
+            lower: expected - half,
+            upper: expected + half,
+            anomaly: None,
+            in_anomaly: self.episode.open && self.episode.reported,
+        }
+    }
+
+    fn start(&mut self, ts_ms: i64, x: f64) {
+        self.n = 1;
+        self.last_ts = ts_ms;
+        self.anchor = x;
+        self.lf = x;
+        self.ls = x;
+        self.last_x = x;
+        self.episode.token_ts = ts_ms;
+        self.push_ring(x);
+    }
+
+    fn track_time(&mut self, ts_ms: i64) {
+        let delta = ts_ms.saturating_sub(self.last_ts);
+        if self.season == SEASON_UNDECIDED {
+            let slot = (self.n - 1) as usize;
+            if slot < NBINS {
+                self.bins[slot] = if delta > 0 { delta.min(1 << 24) as f32 } else { 0.0 };
+            }
+        }
+        self.last_ts = ts_ms;
+    }
+
+    /// Smallest meaningful scale: configured floors and half the series' resolution.
+    fn floor(&self, cfg: &DetectConfig) -> f64 {
+        let mut f = cfg.min_abs_scale.max(cfg.min_rel_scale * self.lf.abs());
+        if self.quantum.is_finite() {
+            f = f.max(0.5 * self.quantum);
+        }
+        if f.is_nan() { 1e-300 } else { f.max(1e-300) }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn learn(
+        &mut self,
+        cfg: &DetectConfig,
+        x: f64,
+        d: f64,
+        e_f: f64,
+        e_s: f64,
+        sig_f: f64,
+        sig_s: f64,
+        warm: bool,
+        surprise: &[f64; N_DET],
+        score: f64,
+    ) {
+        if warm {
+            let w = if score >= cfg.open_threshold { ANOMALOUS_WEIGHT } else { 1.0 };
+            for (tail, &s) in self.tails.iter_mut().zip(surprise) {
+                tail.update(s, w);
+            }
+        }
+        let young = self.n < YOUNG;
+        let n = f64::from(self.n);
+        let (ef_c, es_c) = if young {
+            (e_f, e_s)
+        } else {
+            (e_f.clamp(-HUBER * sig_f, HUBER * sig_f), e_s.clamp(-HUBER * sig_s, HUBER * sig_s))
+        };
+        let trend = self.trend;
+        self.lf += trend + ALPHA * ef_c;
+        self.trend += BETA * ef_c;
+        self.ls += trend + ALPHA_SLOW.max(1.0 / n) * es_c;
+        let (af, as_) = if young {
+            (e_f.abs(), e_s.abs())
+        } else {
+            (e_f.abs().min(SCALE_CLIP * sig_f), e_s.abs().min(SLOW_SCALE_CLIP * sig_s))
+        };
+        self.abs_f += ALPHA_SCALE.max(1.0 / n) * (af - self.abs_f);
+        self.abs_s += ALPHA_SLOW_SCALE.max(1.0 / n) * (as_ - self.abs_s);
+        let step = (x - self.last_x).abs();
+        if step > 0.0 && step < self.quantum {
+            self.quantum = step;
+        }
+        self.last_x = x;
+        self.prev_ef = e_f.clamp(-1e30, 1e30) as f32;
+        if self.season == SEASON_ON {
+            self.learn_season(x, sig_s);
+        }
+        if (self.lf - self.anchor).abs() > 1e5 * sig_f {
+            self.reanchor();
+        }
+        self.push_ring(d);
+    }
+
+    fn push_ring(&mut self, d: f64) {
+        self.ring[self.ring_pos as usize] = (d - self.anchor) as f32;
+        self.ring_pos = ((self.ring_pos as usize + 1) % RING) as u8;
+    }
+
+    /// The ring value `age` samples back (0 = the latest), absolute.
+    fn ring_back(&self, age: usize) -> f64 {
+        let idx = (self.ring_pos as usize + RING - 1 - age % RING) % RING;
+        f64::from(self.ring[idx]) + self.anchor
+    }
+
+    fn ring_len(&self) -> usize {
+        (self.n as usize).min(RING)
+    }
+
+    fn reanchor(&mut self) {
+        let shift = self.lf - self.anchor;
+        for v in &mut self.ring {
+            *v = (f64::from(*v) - shift) as f32;
+        }
+        self.anchor = self.lf;
+    }
+
+    /// A confirmed change point: the levels jump to the (trend-corrected) median of the
+    /// samples since the change began, and the CUSUMs restart.
+    fn rebase_level(&mut self, d: f64) {
+        let m = (self.run_len as usize).clamp(1, 9).min(self.ring_len());
+        let mut buf = [0.0f64; 9];
+        for (age, slot) in buf.iter_mut().enumerate().take(m) {
+            *slot = self.ring_back(age) + age as f64 * self.trend;
+        }
+        let level = median(&mut buf[..m]);
+        if level.is_finite() {
+            self.lf = level;
+            self.ls = level;
+            self.prev_ef = (d - level).clamp(-1e30, 1e30) as f32;
+        }
+        self.cusum_pos = 0.0;
+        self.cusum_neg = 0.0;
+        self.run_len = 0;
+    }
+
+    /// A confirmed variance change: the scales jump to the recent noise level.
+    fn rebase_scale(&mut self) {
+        let factor = f64::from(self.var_ew).max(1.0).sqrt();
+        self.abs_f *= factor;
+        self.abs_s *= factor;
+        self.var_cusum = 0.0;
+        self.var_run = 0;
+        self.var_ew = 1.0;
+    }
+
+    /// Half-width of the normal range: the residual (in scales) at which the spike
+    /// detector's calibrated score reaches 0.5.
+    fn update_band(&mut self, cfg: &DetectConfig) {
+        let p = cfg.false_alarm_rate / N_DET as f64;
+        let s = self.tails[SPIKE].quantile(p, PRIOR_PU[SPIKE]);
+        let z = stats::normal_z_for_surprise(s);
+        self.band_z = if z.is_finite() { z.clamp(1.0, 50.0) as f32 } else { 4.0 };
+    }
+
+    /// Position of `ts_ms` in the profile: (lower bin, upper bin, weight of the upper).
+    fn phase(&self, ts_ms: i64) -> (usize, usize, f64) {
+        let nb = self.nbins as usize;
+        let within = ts_ms.wrapping_sub(self.origin_ms).rem_euclid(self.period_ms.max(1));
+        let pos = within as f64 / self.period_ms.max(1) as f64 * nb as f64 - 0.5;
+        let lo = pos.floor();
+        let w = pos - lo;
+        let i0 = (lo as i64).rem_euclid(nb as i64) as usize;
+        (i0, (i0 + 1) % nb, w)
+    }
+
+    fn season_at(&self, ts_ms: i64) -> f64 {
+        if self.season != SEASON_ON {
+            return 0.0;
+        }
+        let (i0, i1, w) = self.phase(ts_ms);
+        (1.0 - w) * f64::from(self.bins[i0]) + w * f64::from(self.bins[i1])
+    }
+
+    fn learn_season(&mut self, x: f64, sig_s: f64) {
+        let ts = self.last_ts;
+        let (i0, i1, w) = self.phase(ts);
+        let current = (1.0 - w) * f64::from(self.bins[i0]) + w * f64::from(self.bins[i1]);
+        let err = ((x - self.ls) - current).clamp(-HUBER * sig_s, HUBER * sig_s);
+        let per_bin = (self.period_ms as f64 / self.interval_ms.max(1) as f64 / self.nbins as f64).max(1.0);
+        let g = SEASON_GAMMA / per_bin;
+        self.bins[i0] += (g * (1.0 - w) * err) as f32;
+        self.bins[i1] += (g * w * err) as f32;
+        // Keep the profile centred so that it and the levels do not trade mass.
+        if self.n % 256 == 0 {
+            let nb = self.nbins as usize;
+            let mean = self.bins[..nb].iter().map(|&b| f64::from(b)).sum::<f64>() / nb as f64;
+            for b in &mut self.bins[..nb] {
+                *b = (f64::from(*b) - mean) as f32;
+            }
+            self.lf += mean;
+            self.ls += mean;
+        }
+    }
+
+    /// Decides the season once the ring is full: configured, found by autocorrelation, or
+    /// daily by wall clock; seeds the profile from the ring when it holds two periods.
+    fn decide_season(&mut self, cfg: &DetectConfig, ts_ms: i64) {
+        self.season = SEASON_NONE;
+        let n_deltas = (self.n as usize - 1).min(NBINS);
+        let mut deltas = self.bins;
+        let deltas = &mut deltas[..n_deltas];
+        deltas.sort_unstable_by(f32::total_cmp);
+        let first_pos = deltas.iter().position(|&v| v > 0.0).unwrap_or(deltas.len());
+        let valid = &deltas[first_pos..];
+        self.bins = [0.0; NBINS];
+        if valid.is_empty() {
+            return;
+        }
+        let interval = (valid[valid.len() / 2].round() as i64).max(1);
+        self.interval_ms = interval;
+        let mut ordered = [0.0f64; RING];
+        for (i, v) in ordered.iter_mut().enumerate() {
+            *v = self.ring_back(RING - 1 - i);
+        }
+        let period = match cfg.season_len {
+            1 => return,
+            0 => match acf_period(&ordered) {
+                Some(p) => p as i64,
+                None if ts_ms >= EPOCH_MIN_MS && interval <= 1_800_000 => DAY_MS / interval,
+                None => return,
+            },
+            p => i64::from(p),
+        };
+        if period < 2 {
+            return;
+        }
+        let is_daily = cfg.season_len == 0 && period == DAY_MS / interval && ts_ms >= EPOCH_MIN_MS;
+        self.period_ms = if is_daily { DAY_MS } else { period.saturating_mul(interval) };
+        self.nbins = period.min(NBINS as i64) as u8;
+        // With one bin per sample, put the samples on the bin centres.
+        self.origin_ms = if period <= NBINS as i64 { ts_ms - interval / 2 } else { 0 };
+        self.season = SEASON_ON;
+        if period as usize * 2 <= RING {
+            self.seed_season(&ordered, period as usize);
+        }
+    }
+
+    /// Seeds the profile (one bin per sample) from the ring, re-bases levels, trend and
+    /// scales on the deseasonalised, detrended history.
+    fn seed_season(&mut self, ordered: &[f64; RING], period: usize) {
+        let (a, b) = line_fit(ordered);
+        let mut sums = [0.0f64; NBINS];
+        let mut counts = [0u32; NBINS];
+        // The latest sample (index RING-1) is at phase bin 0.
+        for (i, &v) in ordered.iter().enumerate() {
+            let bin = (period * RING - (RING - 1 - i)) % period;
+            sums[bin] += v - (a + b * i as f64);
+            counts[bin] += 1;
+        }
+        let mut mean = 0.0;
+        for bin in 0..period {
+            self.bins[bin] = (sums[bin] / f64::from(counts[bin].max(1))) as f32;
+            mean += f64::from(self.bins[bin]);
+        }
+        mean /= period as f64;
+        for v in &mut self.bins[..period] {
+            *v = (f64::from(*v) - mean) as f32;
+        }
+        let mut abs_sum = 0.0;
+        for (i, &v) in ordered.iter().enumerate() {
+            let bin = (period * RING - (RING - 1 - i)) % period;
+            abs_sum += (v - (a + b * i as f64) - f64::from(self.bins[bin])).abs();
+        }
+        let level = a + b * (RING - 1) as f64;
+        self.lf = level;
+        self.ls = level;
+        self.trend = b;
+        self.abs_f = abs_sum / RING as f64;
+        self.abs_s = self.abs_f;
+        // The ring now holds deseasonalised values.
+        for age in 0..RING {
+            let idx = (self.ring_pos as usize + RING - 1 - age) % RING;
+            let bin = (period * RING - age) % period;
+            self.ring[idx] -= self.bins[bin];
+        }
+    }
+}
+
+/// Least-squares line `a + b i` over `i = 0..len`.
+fn line_fit(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean_i = (n - 1.0) / 2.0;
+    let mean_v = v.iter().sum::<f64>() / n;
+    let mut sxy = 0.0;
+    let mut sxx = 0.0;
+    for (i, &y) in v.iter().enumerate() {
+        let di = i as f64 - mean_i;
+        sxy += di * (y - mean_v);
+        sxx += di * di;
+    }
+    let b = if sxx > 0.0 { sxy / sxx } else { 0.0 };
+    (mean_v - b * mean_i, b)
+}
+
+/// A period of 4–32 samples with a clear autocorrelation peak (preceded by a dip) in the
+/// detrended, winsorised history, preferring the fundamental over its multiples.
+fn acf_period(ordered: &[f64; RING]) -> Option<u32> {
+    let (a, b) = line_fit(ordered);
+    let mut y = [0.0f64; RING];
+    for (i, v) in y.iter_mut().enumerate() {
+        *v = ordered[i] - (a + b * i as f64);
+    }
+    let mut abs = y.map(f64::abs);
+    let mad = median(&mut abs);
+    let clip = if mad > 0.0 { 4.0 * 1.4826 * mad } else { f64::INFINITY };
+    for v in &mut y {
+        *v = v.clamp(-clip, clip);
+    }
+    if !y.iter().any(|&v| v != 0.0) || y.iter().any(|v| !v.is_finite()) {
+        return None;
+    }
+    let mut r = [0.0f64; 34];
+    for (lag, slot) in r.iter_mut().enumerate().skip(1) {
+        let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+        for i in 0..RING - lag {
+            sxy += y[i] * y[i + lag];
+            sxx += y[i] * y[i];
+            syy += y[i + lag] * y[i + lag];
+        }
+        *slot = if sxx > 0.0 && syy > 0.0 { sxy / (sxx * syy).sqrt() } else { 0.0 };
+    }
+    let mut best = 0.0f64;
+    let mut candidates = [0usize; 32];
+    let mut n_cand = 0;
+    for lag in 4..=32 {
+        let dip = r[1..lag].iter().cloned().fold(f64::INFINITY, f64::min);
+        if r[lag] >= 0.5 && r[lag] >= r[lag - 1] && r[lag] >= r[lag + 1] && dip <= r[lag] - 0.3 {
+            candidates[n_cand] = lag;
+            n_cand += 1;
+            best = best.max(r[lag]);
+        }
+    }
+    candidates[..n_cand].iter().find(|&&lag| r[lag] >= 0.85 * best).map(|&lag| lag as u32)
+}
+
+/// Median of a small slice (sorts it). NaN-free input assumed; NaNs sort last.
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_unstable_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 { v[mid] } else { 0.5 * (v[mid - 1] + v[mid]) }
+}
+
+fn finite_z(z: f64) -> f64 {
+    if z.is_nan() { 0.0 } else { z.clamp(-1e6, 1e6) }
+}
+
+/// A number in at most about 4 significant digits, for sentences.
+pub(crate) fn fmt_num(x: f64) -> String {
+    let a = x.abs();
+    if a == 0.0 {
+        return "0".to_string();
+    }
+    if !(1e-3..1e7).contains(&a) {
+        return format!("{x:.3e}");
+    }
+    let decimals = (3 - a.log10().floor() as i32).clamp(0, 6) as usize;
+    let s = format!("{x:.decimals$}");
+    if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn explain(
+    which: usize,
+    value: f64,
+    expected: f64,
+    lower: f64,
+    upper: f64,
+    z: f64,
+    run: u16,
+    var_ew: f32,
+    p: f64,
+) -> String {
+    let dir = if value >= expected { "above" } else { "below" };
+    let (v, e, lo, hi) = (fmt_num(value), fmt_num(expected), fmt_num(lower), fmt_num(upper));
+    let tail = format!("calibrated tail probability {p:.1e}");
+    match which {
+        CHANGE => format!(
+            "value {v} has been {dir} the expected {e} (normal range {lo} to {hi}) for {run} samples; \
+             level shift or trend change (change_point, {tail})"
+        ),
+        VARIANCE => format!(
+            "value {v} against the expected {e} (normal range {lo} to {hi}); the noise grew about {:.1}x \
+             over the last {run} samples (variance, {tail})",
+            f64::from(var_ew).max(1.0).sqrt()
+        ),
+        _ => {
+            let far = if value > upper || value < lower { "far " } else { "" };
+            format!(
+                "value {v} is {far}{dir} the expected {e} (normal range {lo} to {hi}), {:.1} scales off \
+                 (robust_residual, {tail})",
+                z.abs()
+            )
+        }
+    }
+}

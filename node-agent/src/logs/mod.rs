@@ -1,0 +1,1 @@
+//! Log template mining (placeholder while being written).
