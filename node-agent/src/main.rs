@@ -50,9 +50,17 @@ struct RunArgs {
     /// Address of /metrics and /healthz.
     #[arg(long, default_value = "127.0.0.1:9001")]
     metrics_listen: SocketAddr,
-    /// Most bytes of unacked batches kept; oldest are shed past it (counted).
-    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    /// Most bytes of unacked batch payloads kept in memory. Without a spool, the oldest
+    /// batches are shed past it (counted); with one, they stay on disk only.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
     max_outbox_bytes: usize,
+    /// Crash-safe spool for unacked batches (created if missing). `none` keeps them in
+    /// memory only.
+    #[arg(long, default_value = "/var/lib/auto-devops/spool")]
+    spool_dir: PathBuf,
+    /// Most bytes the spool may take on disk; the oldest segments are shed past it (counted).
+    #[arg(long, default_value_t = 256 * 1024 * 1024)]
+    max_spool_bytes: u64,
     /// procfs root (e.g. /host/proc in a container).
     #[arg(long, default_value = "/proc")]
     proc_root: PathBuf,
@@ -95,6 +103,8 @@ fn main() -> anyhow::Result<()> {
         batch_interval: Duration::from_secs_f64(args.batch_secs),
         metrics_listen: args.metrics_listen,
         max_outbox_bytes: args.max_outbox_bytes,
+        spool_dir: (args.spool_dir.as_os_str() != "none").then_some(args.spool_dir),
+        max_spool_bytes: args.max_spool_bytes,
         collect: CollectConfig {
             proc_root: args.proc_root,
             sys_root: args.sys_root,

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use crate::collect::{self, CollectConfig, CollectError, Collector};
 use crate::ship::batcher::Batcher;
 use crate::ship::client::{self, ClientConfig, Shared};
-use crate::ship::outbox::Outbox;
+use crate::ship::outbox::{Budget, Outbox};
 use crate::ship::tls;
 use crate::telemetry::{self, AgentMetrics};
 
@@ -42,8 +42,12 @@ pub struct AgentConfig {
     pub batch_interval: Duration,
     /// `/metrics` + `/healthz`.
     pub metrics_listen: SocketAddr,
-    /// Outbox budget, bytes.
+    /// Unacked payload bytes kept in memory.
     pub max_outbox_bytes: usize,
+    /// Crash-safe spool directory; `None` keeps unacked batches in memory only.
+    pub spool_dir: Option<PathBuf>,
+    /// Bytes the spool may use on disk.
+    pub max_spool_bytes: u64,
     /// Where collectors read.
     pub collect: CollectConfig,
     /// How long to keep delivering after a stop signal.
@@ -58,7 +62,8 @@ pub async fn run(cfg: AgentConfig, stop: impl std::future::Future<Output = ()>) 
     for c in &collectors {
         metrics.collector_up.with_label_values(&[c.name()]).set(1);
     }
-    let session: u64 = rand::random();
+    let budget = Budget { memory_bytes: cfg.max_outbox_bytes, spool_bytes: cfg.max_spool_bytes };
+    let (outbox, session) = open_outbox(&cfg, budget, &metrics);
     let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
         node: cfg.node.clone(),
@@ -69,7 +74,7 @@ pub async fn run(cfg: AgentConfig, stop: impl std::future::Future<Output = ()>) 
         session,
         capabilities: collectors.iter().map(|c| c.name().to_string()).collect(),
     };
-    let shared = Arc::new(Shared::new(Outbox::new(cfg.max_outbox_bytes)));
+    let shared = Arc::new(Shared::new(outbox));
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let telemetry_task = tokio::spawn(telemetry::serve(cfg.metrics_listen, metrics.clone(), stop_rx.clone()));
@@ -109,6 +114,7 @@ pub async fn run(cfg: AgentConfig, stop: impl std::future::Future<Output = ()>) 
         let started = Instant::now();
         let ts = now_ms();
         collect_once(&mut collectors, started, &mut values, &metrics, &mut error_counts);
+        self_samples(&shared, &metrics, &mut values);
         metrics.samples_collected.inc_by(values.len() as u64);
         batcher.add_tick(ts, &mut values);
         metrics.collect_seconds.observe(started.elapsed().as_secs_f64());
@@ -166,6 +172,51 @@ fn collect_once(
     }
 }
 
+/// The spool when configured and usable, else memory only. The session id is the
+/// spool's (stable across restarts, so resends dedup) or a fresh random one.
+fn open_outbox(cfg: &AgentConfig, budget: Budget, metrics: &AgentMetrics) -> (Outbox, u64) {
+    let Some(dir) = &cfg.spool_dir else {
+        return (Outbox::new(budget.memory_bytes), rand::random());
+    };
+    match Outbox::with_spool(dir, budget) {
+        Ok((outbox, rec)) => {
+            metrics.spool_quarantined.inc_by(rec.quarantined as u64);
+            tracing::info!(
+                dir = %dir.display(),
+                replaying = rec.found.len(),
+                quarantined_segments = rec.quarantined,
+                lost_bytes = rec.lost_bytes,
+                "spool open"
+            );
+            (outbox, rec.session)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, dir = %dir.display(), "spool unusable; unacked batches kept in memory only (lost if the agent dies)");
+            (Outbox::new(budget.memory_bytes), rand::random())
+        }
+    }
+}
+
+/// The agent's own health as samples of entity `agent`, so the aggregator sees it too
+/// (shed data above all: loss is never silent).
+fn self_samples(shared: &Shared, metrics: &AgentMetrics, values: &mut Vec<(common::model::SeriesKey, f64)>) {
+    use common::model::SeriesKey;
+    let (losses, spool_bytes, pending) = {
+        let o = shared.outbox();
+        (o.losses(), o.spool_bytes(), o.len())
+    };
+    metrics.refresh_self();
+    let mut put = |metric: &str, v: f64| values.push((SeriesKey::new("agent", metric), v));
+    put("agent.shed_batches", losses.shed_batches as f64);
+    put("agent.shed_samples", losses.shed_samples as f64);
+    put("agent.nacked_batches", losses.nacked_batches as f64);
+    put("agent.unreadable_batches", losses.unreadable_batches as f64);
+    put("agent.spool_bytes", spool_bytes as f64);
+    put("agent.pending_batches", pending as f64);
+    put("agent.rss_bytes", metrics.process_rss_bytes.get() as f64);
+    put("agent.cpu_seconds", (metrics.process_cpu_seconds.get() * 100.0).round() / 100.0);
+}
+
 fn ship(batcher: &mut Batcher, shared: &Shared, metrics: &AgentMetrics) {
     if batcher.is_empty() {
         return;
@@ -187,6 +238,8 @@ fn ship(batcher: &mut Batcher, shared: &Shared, metrics: &AgentMetrics) {
         }
         metrics.outbox_batches.set(o.len() as i64);
         metrics.outbox_bytes.set(o.bytes() as i64);
+        metrics.spool_bytes.set(o.spool_bytes() as i64);
+        metrics.spool_write_errors.set(after.spool_write_errors as i64);
     }
     shared.changed.notify_one();
 }

@@ -39,6 +39,12 @@ pub struct AgentMetrics {
     pub outbox_batches: IntGauge,
     /// Bytes waiting for an ack.
     pub outbox_bytes: IntGauge,
+    /// Bytes in the on-disk spool.
+    pub spool_bytes: IntGauge,
+    /// Damaged spool segments quarantined at start.
+    pub spool_quarantined: IntCounter,
+    /// Spool appends that failed (batch kept in memory only).
+    pub spool_write_errors: IntGauge,
     /// 1 while connected to the aggregator.
     pub connected: IntGauge,
     /// Failed connection attempts.
@@ -78,6 +84,9 @@ impl AgentMetrics {
             samples_built: reg!(IntCounter::new("agent_samples_built_total", "Samples encoded into batches.")),
             outbox_batches: reg!(IntGauge::new("agent_outbox_batches", "Batches waiting for an ack.")),
             outbox_bytes: reg!(IntGauge::new("agent_outbox_bytes", "Payload bytes waiting for an ack.")),
+            spool_bytes: reg!(IntGauge::new("agent_spool_bytes", "Bytes in the on-disk spool.")),
+            spool_quarantined: reg!(IntCounter::new("agent_spool_quarantined_segments_total", "Damaged spool segments quarantined at start.")),
+            spool_write_errors: reg!(IntGauge::new("agent_spool_write_errors_total", "Spool appends that failed; those batches were kept in memory only.")),
             connected: reg!(IntGauge::new("agent_connected", "1 while connected to the aggregator.")),
             connect_failures: reg!(IntCounter::new("agent_connect_failures_total", "Failed or lost connections.")),
             process_cpu_seconds: reg!(prometheus::Gauge::new("agent_process_cpu_seconds", "Agent CPU time, user+system.")),

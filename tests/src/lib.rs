@@ -259,6 +259,11 @@ pub fn start_agent(pki: &Pki, cert_node: &str, node: &str, quic_port: u16, metri
         "--metrics-listen".into(),
         format!("127.0.0.1:{metrics_port}"),
     ];
+    if !extra.contains(&"--spool-dir") {
+        // Each agent its own spool, next to its log, unless the test picks one.
+        args.push("--spool-dir".into());
+        args.push(log.with_extension("spool").display().to_string());
+    }
     args.extend(extra.iter().map(|s| s.to_string()));
     spawn("node-agent", &args, log)
 }

@@ -230,3 +230,47 @@ fn real_agent_rides_through_an_aggregator_sigkill_without_duplicates() -> anyhow
     assert!(built >= 5, "only {built} ticks stored");
     Ok(())
 }
+
+#[test]
+fn agent_sigkill_during_an_outage_loses_nothing_thanks_to_the_spool() -> anyhow::Result<()> {
+    let dir = temp_dir("spool");
+    let pki = Pki::generate(&dir.join("pki"), &["node-a"])?;
+    let (http, quic, mport) = (free_port(), free_port(), free_port());
+    let data = dir.join("data");
+    let spool = dir.join("agent-spool");
+    let spool_arg = spool.display().to_string();
+    let agent_args = ["--batch-secs", "1", "--spool-dir", spool_arg.as_str()];
+    let mut agg = Aggregator::start(&pki, &data, http, quic, &[])?;
+    let mut agent = start_agent(&pki, "node-a", "node-a", quic, mport, dir.join("agent1.log"), &agent_args)?;
+    wait_for(Duration::from_secs(20), || (agg.count("SELECT count(*) FROM samples").ok()? > 0).then_some(()))
+        .ok_or_else(|| anyhow::anyhow!("no data before the outage"))?;
+
+    // Outage: the aggregator goes away; the agent spools. Then the agent dies too.
+    agg.proc.kill9();
+    let outage_start = now_ms();
+    std::thread::sleep(Duration::from_secs(5));
+    agent.kill9();
+    let outage_end = now_ms();
+
+    let agg = Aggregator::start(&pki, &data, http, quic, &[])?;
+    let mut agent = start_agent(&pki, "node-a", "node-a", quic, mport, dir.join("agent2.log"), &agent_args)?;
+    let during = format!(
+        "SELECT count(DISTINCT ts) FROM samples WHERE entity = 'host' AND metric = 'mem.used_bytes' \
+         AND ts >= to_timestamp_millis({}) AND ts < to_timestamp_millis({})",
+        outage_start + 1500,
+        outage_end - 1500
+    );
+    let got = wait_for(Duration::from_secs(30), || {
+        let n = agg.count(&during).ok()?;
+        (n >= 2).then_some(n)
+    });
+    assert!(got.is_some(), "ticks from the outage never arrived; agent log:\n{}", agent.log_text());
+    assert!(agent.terminate(Duration::from_secs(20))?.success());
+    let dups = agg.count(
+        "SELECT count(*) FROM (SELECT ts, entity, metric, labels FROM samples GROUP BY ts, entity, metric, labels HAVING count(*) > 1)",
+    )?;
+    assert_eq!(dups, 0);
+    // One session throughout: the spool keeps it across agent restarts.
+    assert_eq!(agg.count("SELECT count(DISTINCT session) FROM nodes")?, 1);
+    Ok(())
+}

@@ -161,7 +161,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 "--metrics-listen",
                 &format!("127.0.0.1:{}", args.metrics_port),
             ])
-            // Anything the agent keeps on disk by a relative default path stays in data/.
+            // The crash-safe spool of unacked batches lives under data/ too.
+            .arg("--spool-dir")
+            .arg(agent_dir.join("spool"))
             .current_dir(&agent_dir);
         let log = log_dir.join("node-agent.log");
         procs.push(spawn("node-agent", agent, log, AGENT_STOP_GRACE)?);

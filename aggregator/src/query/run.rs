@@ -54,9 +54,12 @@ impl QueryOutput {
 /// Checks `sql` (length, then [`check_read_only`]) and runs it on `ctx` within `limits`.
 ///
 /// The query runs in its own task so that a panic inside DataFusion becomes a
-/// [`QueryError::Server`] instead of taking the caller down, and so that the timeout
-/// fires even if the query hogs its worker thread. On timeout, or when the returned
-/// future is dropped (the client went away), the task is aborted.
+/// [`QueryError::Server`] instead of taking the caller down, and so that on a
+/// multi-threaded runtime the timeout answers on time even while the query hogs its
+/// worker thread. On timeout, or when the returned future is dropped (the client went
+/// away), the task is aborted; it stops at its next yield point. DataFusion yields
+/// whenever a scan produces a batch, but an operator that multiplies rows in memory
+/// (a large cross join) can run on well past the timeout before it yields.
 pub async fn run_query(
     ctx: &SessionContext,
     sql: &str,

@@ -46,9 +46,14 @@ const MEAN_ABS_TO_SIGMA: f64 = 1.253_314_137_315_500_3;
 const YOUNG: u32 = 32;
 /// Values are clamped to this for the state (f32 ring and profile stay finite).
 const MAX_ABS: f64 = 1e30;
-/// Weight with which already-anomalous samples feed the tail calibration: recurring
-/// "anomalies" slowly become normal, one-off ones stay rare.
-const ANOMALOUS_WEIGHT: f32 = 0.1;
+/// Already-anomalous samples feed the tail calibration with a weight that grows with how
+/// often this series alerts (`flag_rate / FLAG_RATE_NORMAL`, at least `MIN_ANOMALOUS_WEIGHT`):
+/// recurring "anomalies" become normal after a few dozen, one-off ones stay rare.
+const FLAG_RATE_NORMAL: f32 = 0.02;
+const MIN_ANOMALOUS_WEIGHT: f32 = 0.01;
+const FLAG_RATE_DECAY: f32 = 1.0 / 1024.0;
+/// Longest change-point gate after an unseeded season starts (see `cp_gate`).
+const SEASON_GATE_MAX: u32 = 1440;
 /// Daily period, for the wall-clock seasonal profile.
 const DAY_MS: i64 = 86_400_000;
 /// Epoch milliseconds below this (1973-03-03) are taken as indexes, not wall-clock times.
@@ -56,10 +61,10 @@ const EPOCH_MIN_MS: i64 = 100_000_000_000;
 
 const N_DET: usize = 3;
 const DETECTORS: [&str; N_DET] = ["robust_residual", "change_point", "variance"];
-/// Null exceedance rates over `TAIL_U` of each raw statistic (prior for the tail fit):
-/// exactly e^-3 for the normal surprise, about that times the Siegmund constant for the
-/// two CUSUMs (whose stationary tails are about `C e^-S`).
-const PRIOR_PU: [f64; N_DET] = [0.049_787, 0.025, 0.015];
+/// Null rates per sample of events over `TAIL_U` (prior for the tail fit): exactly e^-3 for
+/// the normal surprise; for the CUSUMs, excursions peaking over 3, about 1 in 120 samples
+/// by Siegmund's approximation (the peaks' excesses are then about Exp(1) as well).
+const PRIOR_PU: [f64; N_DET] = [0.049_787, 0.008, 0.008];
 const SPIKE: usize = 0;
 const CHANGE: usize = 1;
 const VARIANCE: usize = 2;
@@ -163,6 +168,10 @@ pub struct SeriesDetector {
     ring_pos: u8,
     run_len: u16,
     var_run: u16,
+    /// The change-point detector stays off until this sample count: the first period of an
+    /// unseeded seasonal profile (at most `SEASON_GATE_MAX` samples), when the trend
+    /// still follows the seasonal swing and its curvature would look like drift.
+    cp_gate: u32,
     last_ts: i64,
     interval_ms: i64,
     period_ms: i64,
@@ -173,6 +182,11 @@ pub struct SeriesDetector {
     lf: f64,
     trend: f64,
     ls: f64,
+    /// Level the seasonal profile is learned against: trend-free, averaging over about one
+    /// period, so it cannot follow the seasonal swing and hide it from the profile.
+    lseason: f64,
+    /// Mean absolute error of the profile fit (clips what one sample can teach the profile).
+    abs_season: f64,
     /// Exponentially weighted mean absolute fast and slow residuals.
     abs_f: f64,
     abs_s: f64,
@@ -183,8 +197,13 @@ pub struct SeriesDetector {
     cusum_pos: f32,
     cusum_neg: f32,
     var_cusum: f32,
+    /// Peaks of the current CUSUM excursions, learned by the tails when they end.
+    cusum_peak: f32,
+    var_peak: f32,
     /// Short average of clipped squared standardised differences (≈1 when calm).
     var_ew: f32,
+    /// Recent fraction of samples at or above the open threshold.
+    flag_rate: f32,
     /// Half-width of the normal range, in scales.
     band_z: f32,
     tails: [Tail; N_DET],
@@ -206,6 +225,7 @@ impl SeriesDetector {
             ring_pos: 0,
             run_len: 0,
             var_run: 0,
+            cp_gate: 0,
             last_ts: 0,
             interval_ms: 0,
             period_ms: 0,
@@ -214,6 +234,8 @@ impl SeriesDetector {
             lf: 0.0,
             trend: 0.0,
             ls: 0.0,
+            lseason: 0.0,
+            abs_season: 0.0,
             abs_f: 0.0,
             abs_s: 0.0,
             quantum: f64::INFINITY,
@@ -222,7 +244,10 @@ impl SeriesDetector {
             cusum_pos: 0.0,
             cusum_neg: 0.0,
             var_cusum: 0.0,
+            cusum_peak: 0.0,
+            var_peak: 0.0,
             var_ew: 1.0,
+            flag_rate: 0.0,
             band_z: 4.0,
             tails: [Tail::default(); N_DET],
             episode: Episode {
@@ -282,11 +307,13 @@ impl SeriesDetector {
         // Raw statistics: the past and this sample, nothing later.
         let zv2 = (z_v * z_v).min(VAR_CLIP);
         self.var_ew += 0.2 * (zv2 as f32 - self.var_ew);
-        if warm {
+        if warm && self.n >= self.cp_gate {
             let zc = z_s.clamp(-CUSUM_CLIP, CUSUM_CLIP);
             self.cusum_pos = (self.cusum_pos + (zc - CUSUM_K) as f32).max(0.0);
             self.cusum_neg = (self.cusum_neg + (-zc - CUSUM_K) as f32).max(0.0);
             self.run_len = if self.cusum_pos.max(self.cusum_neg) > 0.0 { self.run_len.saturating_add(1) } else { 0 };
+        }
+        if warm {
             self.var_cusum = (self.var_cusum + (VAR_GAIN * zv2 - VAR_COST) as f32).max(0.0);
             self.var_run = if self.var_cusum > 0.0 { self.var_run.saturating_add(1) } else { 0 };
         }
@@ -378,6 +405,7 @@ impl SeriesDetector {
         self.anchor = x;
         self.lf = x;
         self.ls = x;
+        self.lseason = x;
         self.last_x = x;
         self.episode.token_ts = ts_ms;
         self.push_ring(x);
@@ -418,9 +446,24 @@ impl SeriesDetector {
         score: f64,
     ) {
         if warm {
-            let w = if score >= cfg.open_threshold { ANOMALOUS_WEIGHT } else { 1.0 };
-            for (tail, &s) in self.tails.iter_mut().zip(surprise) {
-                tail.update(s, w);
+            let flagged = score >= cfg.open_threshold;
+            self.flag_rate += FLAG_RATE_DECAY * (f32::from(u8::from(flagged)) - self.flag_rate);
+            let w_anomalous = (self.flag_rate / FLAG_RATE_NORMAL).clamp(MIN_ANOMALOUS_WEIGHT, 1.0);
+            let w = if flagged { w_anomalous } else { 1.0 };
+            for tail in &mut self.tails {
+                tail.count(1.0);
+            }
+            self.tails[SPIKE].excess(surprise[SPIKE], w);
+            // CUSUM excursions are learned once, by their peak, when they end; an excursion
+            // that reached the alert level is learned as anomalous.
+            for (i, peak) in [(CHANGE, &mut self.cusum_peak), (VARIANCE, &mut self.var_peak)] {
+                *peak = peak.max(surprise[i] as f32);
+                if surprise[i] <= 0.0 && *peak > 0.0 {
+                    let p = cfg.false_alarm_rate * (1.0 / cfg.open_threshold).log2() / N_DET as f64;
+                    let alerting = f64::from(*peak) >= self.tails[i].quantile(p, PRIOR_PU[i]);
+                    self.tails[i].excess(f64::from(*peak), if alerting { w_anomalous } else { 1.0 });
+                    *peak = 0.0;
+                }
             }
         }
         let young = self.n < YOUNG;
@@ -448,7 +491,7 @@ impl SeriesDetector {
         self.last_x = x;
         self.prev_ef = e_f.clamp(-1e30, 1e30) as f32;
         if self.season == SEASON_ON {
-            self.learn_season(x, sig_s);
+            self.learn_season(x, d);
         }
         if (self.lf - self.anchor).abs() > 1e5 * sig_f {
             self.reanchor();
@@ -489,6 +532,7 @@ impl SeriesDetector {
         }
         let level = median(&mut buf[..m]);
         if level.is_finite() {
+            self.lseason += level - self.ls;
             self.lf = level;
             self.ls = level;
             self.prev_ef = (d - level).clamp(-1e30, 1e30) as f32;
@@ -536,16 +580,23 @@ impl SeriesDetector {
         (1.0 - w) * f64::from(self.bins[i0]) + w * f64::from(self.bins[i1])
     }
 
-    fn learn_season(&mut self, x: f64, sig_s: f64) {
-        let ts = self.last_ts;
-        let (i0, i1, w) = self.phase(ts);
+    fn learn_season(&mut self, x: f64, d: f64) {
+        let per_period = self.period_ms as f64 / self.interval_ms.max(1) as f64;
+        self.lseason += (1.0 / per_period).clamp(5e-4, 0.05) * (d - self.lseason);
+        let (i0, i1, w) = self.phase(self.last_ts);
         let current = (1.0 - w) * f64::from(self.bins[i0]) + w * f64::from(self.bins[i1]);
-        let err = ((x - self.ls) - current).clamp(-HUBER * sig_s, HUBER * sig_s);
-        let per_bin = (self.period_ms as f64 / self.interval_ms.max(1) as f64 / self.nbins as f64).max(1.0);
-        let g = SEASON_GAMMA / per_bin;
+        let raw = (x - self.lseason) - current;
+        let err = if self.abs_season > 0.0 {
+            let bound = SCALE_CLIP * MEAN_ABS_TO_SIGMA * self.abs_season;
+            raw.clamp(-bound, bound)
+        } else {
+            raw
+        };
+        self.abs_season += 0.01 * (err.abs() - self.abs_season);
+        let g = SEASON_GAMMA / (per_period / self.nbins as f64).max(1.0);
         self.bins[i0] += (g * (1.0 - w) * err) as f32;
         self.bins[i1] += (g * w * err) as f32;
-        // Keep the profile centred so that it and the levels do not trade mass.
+        // Keep the profile centred; the levels take the mean, so forecasts do not move.
         if self.n % 256 == 0 {
             let nb = self.nbins as usize;
             let mean = self.bins[..nb].iter().map(|&b| f64::from(b)).sum::<f64>() / nb as f64;
@@ -554,6 +605,7 @@ impl SeriesDetector {
             }
             self.lf += mean;
             self.ls += mean;
+            self.lseason += mean;
         }
     }
 
@@ -595,8 +647,12 @@ impl SeriesDetector {
         // With one bin per sample, put the samples on the bin centres.
         self.origin_ms = if period <= NBINS as i64 { ts_ms - interval / 2 } else { 0 };
         self.season = SEASON_ON;
+        self.lseason = self.ls;
+        self.abs_season = self.abs_s;
         if period as usize * 2 <= RING {
             self.seed_season(&ordered, period as usize);
+        } else {
+            self.cp_gate = self.n.saturating_add((period as u32).min(SEASON_GATE_MAX));
         }
     }
 
@@ -629,9 +685,11 @@ impl SeriesDetector {
         let level = a + b * (RING - 1) as f64;
         self.lf = level;
         self.ls = level;
+        self.lseason = a + b * (RING - 1) as f64 / 2.0;
         self.trend = b;
         self.abs_f = abs_sum / RING as f64;
         self.abs_s = self.abs_f;
+        self.abs_season = self.abs_f;
         // The ring now holds deseasonalised values.
         for age in 0..RING {
             let idx = (self.ring_pos as usize + RING - 1 - age) % RING;
@@ -759,5 +817,29 @@ fn explain(
                 z.abs()
             )
         }
+    }
+}
+
+#[cfg(test)]
+impl SeriesDetector {
+    /// Compact internals for debugging tests.
+    pub(crate) fn debug_line(&self) -> String {
+        format!(
+            "tails={:?} lf={:.4} T={:.4} ls={:.4} lseas={:.4} sf={:.4} ss={:.4} cu+={:.2} cu-={:.2} run={} var={:.2} vew={:.2} flag={:.4} band={:.2}",
+            self.tails.iter().zip(PRIOR_PU).map(|(t, p)| { let f = t.fit(p); format!("{:.3}/{:.2}/{:.2}", f.p_u, f.xi, f.beta) }).collect::<Vec<_>>(),
+            self.lf,
+            self.trend,
+            self.ls,
+            self.lseason,
+            self.abs_f * MEAN_ABS_TO_SIGMA,
+            self.abs_s * MEAN_ABS_TO_SIGMA,
+            self.cusum_pos,
+            self.cusum_neg,
+            self.run_len,
+            self.var_cusum,
+            self.var_ew,
+            self.flag_rate,
+            self.band_z
+        )
     }
 }

@@ -10,9 +10,10 @@ const TAIL_DECAY: f32 = 1.0 - 1.0 / 4096.0;
 /// Prior weight (pseudo-samples) for the exceedance rate, never decayed.
 const PRIOR_SAMPLES: f64 = 200.0;
 /// Prior weight (pseudo-excesses) for the shape of the tail: Exp(1), i.e. GPD(ξ=0, β=1).
-const PRIOR_EXCESSES: f64 = 10.0;
-/// Largest excess that enters the moments, so one absurd value cannot own the fit.
-const MAX_EXCESS: f64 = 40.0;
+const PRIOR_EXCESSES: f64 = 30.0;
+/// Largest excess that enters the moments, so one extreme value cannot own the fit (the
+/// second moment is otherwise at its mercy).
+const MAX_EXCESS: f64 = 15.0;
 
 /// `ln(erfc(x))` for any `x`, without underflow for large `x` (Chebyshev fit from
 /// Numerical Recipes, fractional error of `erfc` below 1.2e-7).
@@ -68,6 +69,11 @@ pub(crate) fn normal_z_for_surprise(s: f64) -> f64 {
 /// Streaming generalised-Pareto fit of the upper tail of a surprise statistic, by the
 /// method of moments on exponentially decayed sums of the excesses over [`TAIL_U`], with a
 /// fixed prior so that it starts out as the analytic null and learns the real tail.
+///
+/// The rate is per sample: [`Tail::count`] is called once per sample, [`Tail::excess`] with
+/// each independent event (every sample for the residual detector, the peak of each finished
+/// excursion for the CUSUMs, whose consecutive values are not independent and would otherwise
+/// teach the fit an ongoing drift before it could alert).
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Tail {
     n: f32,
@@ -85,13 +91,17 @@ pub(crate) struct TailFit {
 }
 
 impl Tail {
-    /// Learns one observation of the statistic with weight `w` (1 for normal samples, less
-    /// for samples already judged anomalous, so rare events stay rare).
-    pub(crate) fn update(&mut self, s: f64, w: f32) {
+    /// One more sample (weight `w`), decaying the memory.
+    pub(crate) fn count(&mut self, w: f32) {
         self.n = self.n * TAIL_DECAY + w;
         self.n_exc *= TAIL_DECAY;
         self.sum *= TAIL_DECAY;
         self.sum2 *= TAIL_DECAY;
+    }
+
+    /// One event of height `s` (weight `w`: 1 for normal events, less for events already
+    /// judged anomalous, so that rare events stay rare).
+    pub(crate) fn excess(&mut self, s: f64, w: f32) {
         if s > TAIL_U {
             let y = (s - TAIL_U).min(MAX_EXCESS) as f32;
             self.n_exc += w;
@@ -171,7 +181,8 @@ mod tests {
             x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             let u = ((x >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
             let s = if u < 0.1 { TAIL_U - 3.0 * (u / 0.1).ln() } else { u };
-            t.update(s, 1.0);
+            t.count(1.0);
+            t.excess(s, 1.0);
         }
         let learned = t.tail_prob(10.0, 0.05);
         assert!(learned > 20.0 * prior, "{learned} vs {prior}");

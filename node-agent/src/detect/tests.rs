@@ -102,13 +102,14 @@ fn daily_seasonality_at_one_and_five_minutes_is_not_flagged() {
 fn seasonal_break_is_detected() {
     let step = 300_000;
     let mut v = daily(step, 14, 9);
-    let start = 288 * 10 + 100;
-    // The daily swing stops: the value stays where it was for two hours.
+    // On day 10 the daily rise does not come: the value stays at the night level for 3 hours.
+    let start = 288 * 10;
     let hold = v[start - 1];
-    for x in &mut v[start..start + 24] {
-        *x = hold + (*x - 100.0) * 0.0;
+    for x in &mut v[start..start + 36] {
+        *x = hold;
     }
     let obs = run(&DetectConfig::default(), step, &v);
+    assert!(episodes(&obs[..start], 288).is_empty(), "false alarms before the break");
     let delay = first_flag(&obs, start).expect("seasonal break not detected");
     assert!(delay <= 24, "delay {delay}");
 }
@@ -379,19 +380,25 @@ fn config_reads_from_json_and_validates() {
     assert_eq!(bad.validate().map_err(|e| e.field), Err("close_threshold"));
 }
 
+fn dump(name: &str, step: i64, v: &[f64], show: impl Fn(usize) -> bool) {
+    let cfg = DetectConfig::default();
+    let mut det = SeriesDetector::new(&cfg);
+    for (i, &x) in v.iter().enumerate() {
+        let o = det.observe(&cfg, T0 + i as i64 * step, x);
+        if show(i) || o.anomaly.is_some() {
+            eprintln!("{name} {i} x={x:.4} exp={:.4} score={:.3} open={} {} {}", o.expected, o.score, o.in_anomaly, o.anomaly.as_ref().map(|a| a.detector).unwrap_or(""), det.debug_line());
+        }
+    }
+}
+
 #[test]
 fn zz_debug() {
+    let v = daily(60_000, 5, 7);
+    dump("daily", 60_000, &v, |i| i % 120 == 0 && i > 1400);
     let mut rng = Noise(4);
     let mut v: Vec<f64> = (0..900).map(|_| 2.0e9 + 5.0e6 * rng.normal()).collect();
     for (k, x) in v[600..].iter_mut().enumerate() {
         *x += 2.0e6 * k as f64;
     }
-    let cfg = DetectConfig::default();
-    let mut det = SeriesDetector::new(&cfg);
-    for (i, &x) in v.iter().enumerate() {
-        let o = det.observe(&cfg, i as i64 * 1000, x);
-        if i >= 590 && i < 680 {
-            eprintln!("{i} x={:.4e} exp={:.4e} score={:.3} {:?}", x, o.expected, o.score, det);
-        }
-    }
+    dump("leak", 1000, &v, |i| (600..640).contains(&i) && i % 4 == 0 || i % 50 == 0);
 }

@@ -183,7 +183,7 @@ async fn session(
                         node: cfg.hello.node.clone(),
                         session: cfg.hello.session,
                         seq: entry.seq,
-                        payload: entry.payload.clone(),
+                        payload: entry.payload,
                     }))
                 };
                 send.write_all(&bytes).await.map_err(|e| SessionError::Lost(e.to_string()))?;

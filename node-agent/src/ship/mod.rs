@@ -11,4 +11,5 @@
 pub mod batcher;
 pub mod client;
 pub mod outbox;
+pub mod spool;
 pub mod tls;

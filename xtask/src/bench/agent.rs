@@ -17,6 +17,7 @@
 //! Every started program sits behind a [`Daemon`] guard, and the load generator behind its
 //! own, so an error or Ctrl-C at any point stops them all.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, UdpSocket};
@@ -78,6 +79,8 @@ struct Measured {
     max_rss_kib: u64,
     peak_hwm_kib: u64,
     max_procs: usize,
+    /// Every process seen in the tree, by pid: its command name (several only for Netdata).
+    commands: BTreeMap<i32, String>,
 }
 
 impl Measured {
@@ -94,6 +97,7 @@ impl Measured {
             max_rss_kib: 0,
             peak_hwm_kib: 0,
             max_procs: 0,
+            commands: BTreeMap::new(),
         }
     }
 
@@ -106,6 +110,9 @@ impl Measured {
         }
         let (mut rss, mut hwm) = (0, 0);
         for p in &members {
+            self.commands
+                .entry(p.pid)
+                .or_insert_with(|| procfs::comm(p.pid));
             if let Some((r, h)) = procfs::memory_kib(p.pid) {
                 rss += r;
                 hwm += h;
@@ -116,6 +123,14 @@ impl Measured {
         self.max_rss_kib = self.max_rss_kib.max(rss);
         self.peak_hwm_kib = self.peak_hwm_kib.max(hwm);
         self.max_procs = self.max_procs.max(members.len());
+    }
+
+    /// "pid name" for every process seen in the tree.
+    fn tree_names(&self) -> Vec<String> {
+        self.commands
+            .iter()
+            .map(|(pid, name)| format!("{pid} {name}"))
+            .collect()
     }
 
     fn cpu_pct(&self, wall: Duration) -> f64 {
@@ -690,7 +705,8 @@ fn prom_value(text: &str, name: &str) -> f64 {
             }
             l.rsplit(' ').next()?.parse::<f64>().ok()
         })
-        .sum()
+        // Not `sum()`: an empty f64 sum is -0.0.
+        .fold(0.0, |acc, v| acc + v)
 }
 
 /// `SELECT count(*) FROM samples` on the aggregator.
@@ -797,6 +813,13 @@ impl Report<'_> {
         for n in self.not_measured {
             println!("{:<14} not measured: {}", n.name, n.why);
         }
+        for m in self.measured.iter().filter(|m| m.commands.len() > 1) {
+            println!(
+                "{}'s process tree (all seen): {}",
+                m.name,
+                m.tree_names().join(", ")
+            );
+        }
         println!();
         let agent = self.agent();
         for peer in self.measured.iter().filter(|m| m.role == "peer") {
@@ -877,6 +900,7 @@ impl Report<'_> {
                     "peak_rss_mib": round2(m.peak_rss_mib()),
                     "max_sampled_rss_mib": round2(m.max_rss_kib as f64 / 1024.0),
                     "max_processes_in_tree": m.max_procs,
+                    "processes_seen": m.tree_names(),
                     "samples": m.n_samples,
                     "note": m.note,
                 })

@@ -7,7 +7,7 @@
 //! while the leader is still an unreaped zombie, so the group id cannot have been reused.
 
 use std::fs::{self, File};
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
@@ -17,6 +17,9 @@ use anyhow::{Context, bail};
 
 use super::procfs;
 use crate::cmd;
+
+/// How long helpers may outlive the program that started them before they are killed.
+const LEFTOVER_GRACE: Duration = Duration::from_secs(3);
 
 pub struct Daemon {
     pub name: &'static str,
@@ -145,7 +148,10 @@ impl Daemon {
         if killed {
             bail!("{} had to be killed", self.name);
         }
-        if !status.success() {
+        // Programs without a SIGTERM handler (node_exporter) die of the signal: that is
+        // their ordinary way to stop.
+        let clean = status.success() || status.signal() == Some(libc::SIGTERM);
+        if !clean {
             bail!(
                 "{} exited badly ({status}); see {}",
                 self.name,
@@ -158,22 +164,33 @@ impl Daemon {
 
     /// SIGKILL what is left in our process group once the leader has exited but is not
     /// reaped yet: its pid (the group id) cannot have been reused, so the group holds only
-    /// helpers it started and did not stop.
+    /// helpers it started. They get a moment to exit on their own first.
     fn kill_leftovers(&self) {
         let pid = self.pid();
-        let left: Vec<i32> = procfs::snapshot()
-            .iter()
-            .filter(|p| p.pgrp == pid && p.pid != pid)
-            .map(|p| p.pid)
-            .collect();
-        if !left.is_empty() {
-            println!(
-                "xtask: bench: {} left {} process(es) in its group ({left:?}); SIGKILL",
-                self.name,
-                left.len()
-            );
-            // SAFETY: SIGKILL to our own child's process group; no memory involved.
-            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        let deadline = Instant::now() + LEFTOVER_GRACE;
+        loop {
+            let left: Vec<String> = procfs::snapshot()
+                .iter()
+                .filter(|p| p.pgrp == pid && p.pid != pid)
+                .map(|p| format!("{} {}", p.pid, procfs::comm(p.pid)))
+                .collect();
+            if left.is_empty() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                println!(
+                    "xtask: bench: {} left {} process(es) running in its group {} s after \
+                     it exited ({}); SIGKILL",
+                    self.name,
+                    left.len(),
+                    LEFTOVER_GRACE.as_secs(),
+                    left.join(", ")
+                );
+                // SAFETY: SIGKILL to our own child's process group; no memory involved.
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+                return;
+            }
+            thread::sleep(Duration::from_millis(100));
         }
     }
 }

@@ -99,6 +99,12 @@ pub fn memory_kib(pid: i32) -> Option<(u64, u64)> {
     ))
 }
 
+/// The command name of `pid` (`/proc/<pid>/comm`), or "?".
+pub fn comm(pid: i32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map_or_else(|_| "?".into(), |s| s.trim().to_string())
+}
+
 /// CPU ticks a process tree used since the first sample.
 pub struct TreeCpu {
     /// Each process of the last sample by (pid, start): parent, own and child ticks then.
