@@ -295,8 +295,9 @@ pub struct KernelOffsets {
     pub binprm_filename: u32,
     /// `sock.__sk_common.skc_family`.
     pub sk_family: u32,
-    /// `sock.__sk_common.skc_num` (local port, host order).
-    pub sk_num: u32,
+    /// `inet_sock.inet_sport` (local port, network order; unlike `skc_num` it survives
+    /// until the socket is freed, so the close still has it).
+    pub sk_sport: u32,
     /// `sock.__sk_common.skc_dport` (remote port, network order).
     pub sk_dport: u32,
     /// `sock.__sk_common.skc_rcv_saddr`.
@@ -347,7 +348,7 @@ impl KernelOffsets {
         kernfs_node_id: 0,
         binprm_filename: 0,
         sk_family: 0,
-        sk_num: 0,
+        sk_sport: 0,
         sk_dport: 0,
         sk_rcv_saddr: 0,
         sk_daddr: 0,

@@ -201,6 +201,7 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     }
 }
 
+#[inline(always)]
 fn try_sched_process_exec(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // (struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm); p == current.
     let task: *const u8 = ctx.arg(0);
@@ -242,6 +243,7 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
     }
 }
 
+#[inline(always)]
 fn try_sched_process_exit(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // (struct task_struct *p[, bool group_dead]); p == current. Only the thread-group
     // leader's exit is reported (the process, not each thread).
@@ -283,6 +285,7 @@ pub fn mark_victim(ctx: BtfTracePointContext) -> i32 {
     }
 }
 
+#[inline(always)]
 fn try_mark_victim(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // (struct task_struct *task, uid_t uid); runs in the allocating task, not the victim.
     let task: *const u8 = ctx.arg(0);
@@ -331,6 +334,7 @@ fn owner_now(st: &mut TcpSockState) {
     st.comm = current_comm();
 }
 
+#[inline(always)]
 fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // (const struct sock *sk, const int oldstate, const int newstate)
     let sk: *const u8 = ctx.arg(0);
@@ -431,6 +435,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
+#[inline(always)]
 fn emit_tcp(
     sk: *const u8,
     kind: u32,
@@ -442,7 +447,7 @@ fn emit_tcp(
     if family != AF_INET && family != AF_INET6 {
         return Ok(());
     }
-    let sport: u16 = read(sk, off!(sk_num))?;
+    let sport: u16 = read(sk, off!(sk_sport))?;
     let dport: u16 = read(sk, off!(sk_dport))?;
     let mut saddr = [0u8; 16];
     let mut daddr = [0u8; 16];
@@ -491,7 +496,7 @@ fn emit_tcp(
         ts_ns: now,
         cgroup_id: st.cgroup_id,
         family,
-        sport,
+        sport: u16::from_be(sport),
         dport: u16::from_be(dport),
         old_state: old as u16,
         flags: st.flags,
@@ -573,6 +578,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+#[inline(always)]
 fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // (bool preempt, struct task_struct *prev, struct task_struct *next[, unsigned int
     // prev_state]); prev's state is read from the task, which every kernel version has.
@@ -619,6 +625,7 @@ pub fn block_rq_complete(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+#[inline(always)]
 fn try_block_rq_complete(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // (struct request *rq, blk_status_t error, unsigned int nr_bytes)
     let rq: *const u8 = ctx.arg(0);

@@ -76,6 +76,15 @@ struct RunArgs {
     /// Most cgroups with their own series.
     #[arg(long, default_value_t = 512)]
     max_cgroups: usize,
+    /// Turn off on-node anomaly detection.
+    #[arg(long)]
+    no_detect: bool,
+    /// Detector settings (JSON, the same file `node-agent detect --config` takes).
+    #[arg(long)]
+    detect_config: Option<PathBuf>,
+    /// Most series with detector state (least recently updated evicted past it).
+    #[arg(long, default_value_t = 20_000)]
+    max_detected_series: usize,
     /// Seconds to keep delivering after SIGTERM.
     #[arg(long, default_value_t = 10)]
     drain_grace_secs: u64,
@@ -113,6 +122,8 @@ fn main() -> anyhow::Result<()> {
             max_cgroups: args.max_cgroups,
         },
         drain_grace: Duration::from_secs(args.drain_grace_secs),
+        detect: if args.no_detect { None } else { Some(load_detect_config(args.detect_config.as_deref())?) },
+        max_detected_series: args.max_detected_series,
     };
     // One thread is plenty for a 1 s loop and one connection, and keeps the agent light.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -132,6 +143,16 @@ async fn wait_for_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+fn load_detect_config(path: Option<&std::path::Path>) -> anyhow::Result<node_agent::detect::DetectConfig> {
+    use anyhow::Context;
+    let Some(path) = path else { return Ok(Default::default()) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let cfg: node_agent::detect::DetectConfig =
+        serde_json::from_str(&text).with_context(|| format!("bad detector config {}", path.display()))?;
+    cfg.validate().with_context(|| format!("bad detector config {}", path.display()))?;
+    Ok(cfg)
 }
 
 fn hostname() -> anyhow::Result<String> {

@@ -15,6 +15,7 @@ use common::wire::{Hello, PROTOCOL_VERSION};
 use tokio::sync::watch;
 
 use crate::collect::{self, CollectConfig, CollectError, Collector};
+use crate::detect::{DetectConfig, DetectorBank};
 use crate::ship::batcher::Batcher;
 use crate::ship::client::{self, ClientConfig, Shared};
 use crate::ship::outbox::{Budget, Outbox};
@@ -52,6 +53,10 @@ pub struct AgentConfig {
     pub collect: CollectConfig,
     /// How long to keep delivering after a stop signal.
     pub drain_grace: Duration,
+    /// Streaming anomaly detection settings (`None`: detection off).
+    pub detect: Option<DetectConfig>,
+    /// Most series with detector state.
+    pub max_detected_series: usize,
 }
 
 /// Runs the agent until `stop` resolves, then drains and returns.
@@ -105,6 +110,7 @@ pub async fn run(cfg: AgentConfig, stop: impl std::future::Future<Output = ()>) 
     let mut last_batch = Instant::now();
     let mut values = Vec::new();
     let mut error_counts = vec![0u64; collectors.len()];
+    let mut detectors = cfg.detect.clone().map(|d| DetectorBank::new(d, cfg.max_detected_series));
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -115,6 +121,9 @@ pub async fn run(cfg: AgentConfig, stop: impl std::future::Future<Output = ()>) 
         let ts = now_ms();
         collect_once(&mut collectors, started, &mut values, &metrics, &mut error_counts);
         self_samples(&shared, &metrics, &mut values);
+        if let Some(bank) = detectors.as_mut() {
+            detect(bank, ts, &values, &mut batcher, &metrics);
+        }
         metrics.samples_collected.inc_by(values.len() as u64);
         batcher.add_tick(ts, &mut values);
         metrics.collect_seconds.observe(started.elapsed().as_secs_f64());
@@ -170,6 +179,47 @@ fn collect_once(
         }
         error_counts[idx] += 1;
     }
+}
+
+/// Scores every value of this tick; an opening anomaly becomes an `anomaly` event whose
+/// attributes the aggregator turns into a row of its `anomalies` table.
+fn detect(
+    bank: &mut DetectorBank<common::model::SeriesKey>,
+    ts_ms: i64,
+    values: &[(common::model::SeriesKey, f64)],
+    batcher: &mut Batcher,
+    metrics: &AgentMetrics,
+) {
+    for (key, value) in values {
+        // The agent's own bookkeeping is not workload telemetry.
+        if key.entity == "agent" {
+            continue;
+        }
+        let obs = bank.observe(key, ts_ms, *value);
+        let Some(start) = obs.anomaly else { continue };
+        metrics.anomalies.inc();
+        let severity = if start.score >= 0.99 { Severity::Critical } else { Severity::Warning };
+        let label_text = key.labels_text();
+        let what = if label_text.is_empty() { format!("{} {}", key.entity, key.metric) } else { format!("{} {} ({label_text})", key.entity, key.metric) };
+        batcher.add_event(Event {
+            ts_ms,
+            entity: key.entity.clone(),
+            kind: "anomaly".into(),
+            severity,
+            message: format!("{what}: {}", start.explanation),
+            attrs: vec![
+                ("detector".into(), start.detector.to_string()),
+                ("expected".into(), format!("{}", start.expected)),
+                ("labels".into(), label_text),
+                ("lower".into(), format!("{}", start.lower)),
+                ("metric".into(), key.metric.clone()),
+                ("score".into(), format!("{:.4}", start.score)),
+                ("upper".into(), format!("{}", start.upper)),
+                ("value".into(), format!("{}", start.value)),
+            ],
+        });
+    }
+    metrics.detected_series.set(bank.len() as i64);
 }
 
 /// The spool when configured and usable, else memory only. The session id is the

@@ -45,6 +45,10 @@ pub struct AgentMetrics {
     pub spool_quarantined: IntCounter,
     /// Spool appends that failed (batch kept in memory only).
     pub spool_write_errors: IntGauge,
+    /// Anomaly episodes opened.
+    pub anomalies: IntCounter,
+    /// Series with detector state.
+    pub detected_series: IntGauge,
     /// 1 while connected to the aggregator.
     pub connected: IntGauge,
     /// Failed connection attempts.
@@ -87,6 +91,8 @@ impl AgentMetrics {
             spool_bytes: reg!(IntGauge::new("agent_spool_bytes", "Bytes in the on-disk spool.")),
             spool_quarantined: reg!(IntCounter::new("agent_spool_quarantined_segments_total", "Damaged spool segments quarantined at start.")),
             spool_write_errors: reg!(IntGauge::new("agent_spool_write_errors_total", "Spool appends that failed; those batches were kept in memory only.")),
+            anomalies: reg!(IntCounter::new("agent_anomalies_total", "Anomaly episodes opened by the on-node detectors.")),
+            detected_series: reg!(IntGauge::new("agent_detected_series", "Series with detector state.")),
             connected: reg!(IntGauge::new("agent_connected", "1 while connected to the aggregator.")),
             connect_failures: reg!(IntCounter::new("agent_connect_failures_total", "Failed or lost connections.")),
             process_cpu_seconds: reg!(prometheus::Gauge::new("agent_process_cpu_seconds", "Agent CPU time, user+system.")),

@@ -2,6 +2,8 @@
 //! certificates, real QUIC on loopback, and a hand-driven protocol client for the cases
 //! the real agent would never produce (wrong identity, hostile frames, exact resends).
 
+pub mod netns;
+
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

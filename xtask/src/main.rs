@@ -10,11 +10,15 @@
 //! - `test`: what the README's test command runs: tests, clippy, rustfmt.
 //! - `ci`: what `.ci/run` calls: every check, with a timing line per step.
 //! - `bench`: benchmarks: agent overhead beside peer agents, codec, ingest, detection.
+//! - `fuzz`: the cargo-fuzz targets in `fuzz/` for N seconds each.
+//! - `e2e`: long end-to-end suites (`faults`: partition, lossy link, disk full, bad spool).
 
 mod bench;
 mod certs;
 mod ci;
 mod cmd;
+mod e2e;
+mod fuzz;
 mod setup;
 mod test;
 mod up;
@@ -49,6 +53,10 @@ enum Task {
     Ci,
     /// Benchmarks: agent overhead beside node_exporter and Netdata, codec, ingest, detect.
     Bench(bench::Args),
+    /// Fuzz the decoders (wire frames, batch codec, agent spool) with cargo-fuzz.
+    Fuzz(fuzz::Args),
+    /// Long end-to-end suites: `faults` (partition, lossy link, disk full, corrupted spool).
+    E2e(e2e::Args),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +67,8 @@ fn main() -> ExitCode {
         Task::Test(args) => test::run(&args),
         Task::Ci => ci::run(),
         Task::Bench(args) => bench::run(&args),
+        Task::Fuzz(args) => fuzz::run(&args),
+        Task::E2e(args) => e2e::run(&args),
     };
     // Print the error chain ourselves: anyhow's `main` would add a backtrace whenever
     // RUST_BACKTRACE is set, which says nothing useful about a failed chore.

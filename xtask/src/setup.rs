@@ -19,6 +19,11 @@ enum Check {
     Program(&'static str, &'static [&'static str]),
     /// This cargo subcommand (run through `$CARGO`) starts and exits 0.
     Cargo(&'static [&'static str]),
+    /// `rustup component list --toolchain <toolchain> --installed` lists this component.
+    ToolchainComponent {
+        toolchain: &'static str,
+        component: &'static str,
+    },
 }
 
 /// How to install a requirement that is missing.
@@ -27,6 +32,18 @@ enum Install {
     Apt(&'static [&'static str]),
     /// A component of the active toolchain, through `rustup component add`.
     RustupComponent(&'static str),
+    /// A component of another toolchain, installing that toolchain (minimal profile) when
+    /// it is missing: `rustup toolchain install <toolchain> --profile minimal --component ..`.
+    ToolchainComponent {
+        toolchain: &'static str,
+        component: &'static str,
+    },
+    /// A binary crate, through `cargo install <krate> <args>` with extra environment.
+    Cargo {
+        krate: &'static str,
+        args: &'static [&'static str],
+        env: &'static [(&'static str, &'static str)],
+    },
 }
 
 /// One prerequisite: a row of the table.
@@ -59,15 +76,42 @@ const REQUIREMENTS: &[Requirement] = &[
     },
 ];
 
-/// EBPF_REQUIREMENTS: rows the eBPF collectors will add when the `ebpf` crate lands. Left
-/// empty on purpose until then (nothing here is installed today). Expected rows:
-/// - `bpf-linker`: check `bpf-linker --version`; install `cargo install bpf-linker`
-///   (needs a new `Install` variant); links the bpfel objects.
-/// - `rust-src` for nightly: check `rustup component list --toolchain nightly --installed`;
-///   install `rustup component add rust-src --toolchain nightly`; `-Z build-std=core`.
-/// - `llvm-22-dev`: check `llvm-config-22 --version`; install apt `llvm-22-dev`; bpf-linker
-///   links against it.
-const EBPF_REQUIREMENTS: &[Requirement] = &[];
+/// EBPF_REQUIREMENTS: what building the eBPF programs (`ebpf/`, built by
+/// `node-agent/build.rs`) needs. Installed in this order: LLVM (apt), nightly `rust-src`
+/// (`-Z build-std=core` for bpfel), then bpf-linker (links against LLVM 22; takes a few
+/// minutes once). These rows are soft: when one cannot be installed, setup says so and goes
+/// on, and the agent builds without eBPF programs (its eBPF collectors report themselves
+/// unavailable), so the rest of the project still builds and tests.
+const EBPF_REQUIREMENTS: &[Requirement] = &[
+    Requirement {
+        name: "llvm-22",
+        check: Check::Program("llvm-config-22", &["--version"]),
+        install: Install::Apt(&["llvm-22-dev", "libpolly-22-dev", "zlib1g-dev"]),
+        why: "LLVM 22 libraries that bpf-linker links against",
+    },
+    Requirement {
+        name: "rust-src",
+        check: Check::ToolchainComponent {
+            toolchain: "nightly",
+            component: "rust-src",
+        },
+        install: Install::ToolchainComponent {
+            toolchain: "nightly",
+            component: "rust-src",
+        },
+        why: "nightly core sources: the eBPF programs build core for bpfel",
+    },
+    Requirement {
+        name: "bpf-linker",
+        check: Check::Program("bpf-linker", &["--version"]),
+        install: Install::Cargo {
+            krate: "bpf-linker",
+            args: &["--no-default-features", "--features", "llvm-22"],
+            env: &[("LLVM_PREFIX", "/usr/lib/llvm-22")],
+        },
+        why: "links the eBPF programs (bpfel objects with BTF)",
+    },
+];
 
 impl Check {
     fn passes(&self) -> bool {
@@ -77,17 +121,37 @@ impl Check {
                 let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
                 cmd::succeeds(&cargo, args)
             }
+            Check::ToolchainComponent {
+                toolchain,
+                component,
+            } => Command::new("rustup")
+                .args(["component", "list", "--installed", "--toolchain", toolchain])
+                .stderr(std::process::Stdio::null())
+                .output()
+                .is_ok_and(|o| {
+                    o.status.success()
+                        && String::from_utf8_lossy(&o.stdout)
+                            .lines()
+                            .any(|l| l.trim() == *component)
+                }),
         }
     }
 }
 
 /// Check every requirement and install the missing ones.
 pub fn run() -> anyhow::Result<()> {
+    run_required()?;
+    run_ebpf();
+    Ok(())
+}
+
+/// The rows every build needs: installed together, and setup fails if one stays missing.
+fn run_required() -> anyhow::Result<()> {
     let mut missing = Vec::new();
-    for req in REQUIREMENTS.iter().chain(EBPF_REQUIREMENTS) {
+    for req in REQUIREMENTS {
         let ok = req.check.passes();
         let state = if ok { "ok" } else { "missing" };
-        println!("xtask: setup: {:<8} {state:<8} ({})", req.name, req.why);
+        println!("xtask: setup: {:<10} {state:<8} ({})", req.name, req.why);
         if !ok {
             missing.push(req);
         }
@@ -100,7 +164,7 @@ pub fn run() -> anyhow::Result<()> {
         .iter()
         .filter_map(|req| match req.install {
             Install::Apt(pkgs) => Some(pkgs),
-            Install::RustupComponent(_) => None,
+            _ => None,
         })
         .flatten()
         .copied()
@@ -109,7 +173,7 @@ pub fn run() -> anyhow::Result<()> {
         .iter()
         .filter_map(|req| match req.install {
             Install::RustupComponent(c) => Some(c),
-            Install::Apt(_) => None,
+            _ => None,
         })
         .collect();
 
@@ -141,6 +205,64 @@ pub fn run() -> anyhow::Result<()> {
             .join(", ")
     );
     Ok(())
+}
+
+/// The eBPF toolchain rows, one at a time in order (bpf-linker needs LLVM first). Soft: a
+/// row that cannot be installed is reported and skipped, never fatal.
+fn run_ebpf() {
+    let mut installed = Vec::new();
+    let mut failed = Vec::new();
+    for req in EBPF_REQUIREMENTS {
+        if req.check.passes() {
+            println!("xtask: setup: {:<10} ok       ({})", req.name, req.why);
+            continue;
+        }
+        println!("xtask: setup: {:<10} missing  ({})", req.name, req.why);
+        let res = match &req.install {
+            Install::Apt(pkgs) => install_apt(pkgs),
+            Install::RustupComponent(c) => {
+                cmd::run(Command::new("rustup").args(["component", "add", c]))
+            }
+            Install::ToolchainComponent {
+                toolchain,
+                component,
+            } => cmd::run(Command::new("rustup").args([
+                "toolchain",
+                "install",
+                toolchain,
+                "--profile",
+                "minimal",
+                "--component",
+                component,
+            ])),
+            Install::Cargo { krate, args, env } => {
+                let mut c = cmd::cargo();
+                c.args(["install", krate]).args(*args);
+                for (k, v) in *env {
+                    c.env(k, v);
+                }
+                cmd::run(&mut c)
+            }
+        };
+        match res {
+            Ok(()) if req.check.passes() => installed.push(req.name),
+            Ok(()) => failed.push(format!(
+                "{} (installed but its check still fails)",
+                req.name
+            )),
+            Err(e) => failed.push(format!("{} ({e:#})", req.name)),
+        }
+    }
+    if !installed.is_empty() {
+        println!("xtask: setup: installed {}", installed.join(", "));
+    }
+    if !failed.is_empty() {
+        println!(
+            "xtask: setup: WARNING: eBPF toolchain incomplete: {}. The node agent builds \
+             without eBPF programs until this is fixed.",
+            failed.join("; ")
+        );
+    }
 }
 
 /// `apt-get update` once, then install all `packages` in one go (through `sudo` when we

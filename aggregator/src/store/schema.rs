@@ -20,17 +20,20 @@ pub enum Table {
     Samples,
     /// Discrete events.
     Events,
+    /// Anomalies detected on the nodes (events of kind `anomaly`, with their fields as columns).
+    Anomalies,
 }
 
 impl Table {
     /// Every stored table.
-    pub const ALL: [Table; 2] = [Table::Samples, Table::Events];
+    pub const ALL: [Table; 3] = [Table::Samples, Table::Events, Table::Anomalies];
 
     /// SQL name, also the directory name under `tables/`.
     pub fn name(self) -> &'static str {
         match self {
             Table::Samples => "samples",
             Table::Events => "events",
+            Table::Anomalies => "anomalies",
         }
     }
 
@@ -44,6 +47,7 @@ impl Table {
         match self {
             Table::Samples => SAMPLES.clone(),
             Table::Events => EVENTS.clone(),
+            Table::Anomalies => ANOMALIES.clone(),
         }
     }
 }
@@ -79,6 +83,27 @@ static EVENTS: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
+static ANOMALIES: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("ts", ts_type(), false),
+        Field::new("node", DataType::Utf8, false),
+        Field::new("entity", DataType::Utf8, false),
+        Field::new("metric", DataType::Utf8, false),
+        Field::new("labels", DataType::Utf8, false),
+        Field::new("score", DataType::Float64, false),
+        Field::new("value", DataType::Float64, true),
+        Field::new("expected", DataType::Float64, true),
+        Field::new("lower", DataType::Float64, true),
+        Field::new("upper", DataType::Float64, true),
+        Field::new("detector", DataType::Utf8, false),
+        Field::new("severity", DataType::Utf8, false),
+        Field::new("explanation", DataType::Utf8, false),
+    ]))
+});
+
+/// Event kind that carries an anomaly; its attrs are the `anomalies` columns.
+pub const ANOMALY_KIND: &str = "anomaly";
+
 /// Schema of the `nodes` table (built from the live registry at query time).
 pub fn nodes_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -101,6 +126,8 @@ pub struct DecodedBatch {
     pub samples: Option<RecordBatch>,
     /// Rows for `events` (absent when the batch had none).
     pub events: Option<RecordBatch>,
+    /// Rows for `anomalies` (absent when the batch had none).
+    pub anomalies: Option<RecordBatch>,
     /// Sample count.
     pub n_samples: usize,
 }
@@ -167,7 +194,35 @@ pub fn to_arrow(node: &str, batch: &Batch) -> Result<DecodedBatch, ArrowError> {
         ];
         Some(RecordBatch::try_new(EVENTS.clone(), columns)?)
     };
-    Ok(DecodedBatch { samples, events, n_samples })
+    let anomalies = anomalies_batch(node, &batch.events)?;
+    Ok(DecodedBatch { samples, events, anomalies, n_samples })
+}
+
+fn anomalies_batch(node: &str, events: &[common::model::Event]) -> Result<Option<RecordBatch>, ArrowError> {
+    let rows: Vec<&common::model::Event> = events.iter().filter(|e| e.kind == ANOMALY_KIND).collect();
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let attr = |e: &common::model::Event, k: &str| -> Option<String> {
+        e.attrs.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone())
+    };
+    let num = |e: &common::model::Event, k: &str| attr(e, k).and_then(|v| v.parse::<f64>().ok());
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|e| e.ts_ms)).with_timezone("UTC")),
+        Arc::new(StringArray::from(vec![node; rows.len()])),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|e| e.entity.as_str()))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|e| attr(e, "metric").unwrap_or_default()))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|e| attr(e, "labels").unwrap_or_default()))),
+        Arc::new(Float64Array::from_iter_values(rows.iter().map(|e| num(e, "score").unwrap_or(0.0).clamp(0.0, 1.0)))),
+        Arc::new(Float64Array::from_iter(rows.iter().map(|e| num(e, "value")))),
+        Arc::new(Float64Array::from_iter(rows.iter().map(|e| num(e, "expected")))),
+        Arc::new(Float64Array::from_iter(rows.iter().map(|e| num(e, "lower")))),
+        Arc::new(Float64Array::from_iter(rows.iter().map(|e| num(e, "upper")))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|e| attr(e, "detector").unwrap_or_default()))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|e| e.severity.as_str()))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|e| e.message.as_str()))),
+    ];
+    Ok(Some(RecordBatch::try_new(ANOMALIES.clone(), columns)?))
 }
 
 /// Builds the `nodes` table rows.

@@ -195,6 +195,9 @@ impl StoreState {
                 if let Some(rb) = decoded.events {
                     self.hot.push(Table::Events, rb);
                 }
+                if let Some(rb) = decoded.anomalies {
+                    self.hot.push(Table::Anomalies, rb);
+                }
                 Applied::Stored { samples: decoded.n_samples }
             }
         }

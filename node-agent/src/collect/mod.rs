@@ -18,9 +18,10 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use common::model::SeriesKey;
+use common::model::{Event, SeriesKey};
 
 pub mod cgroup;
+pub mod ebpf;
 pub mod host;
 pub mod process;
 
@@ -70,6 +71,10 @@ pub trait Collector: Send {
         mono: Instant,
         out: &mut Vec<(SeriesKey, f64)>,
     ) -> Result<(), CollectError>;
+
+    /// Moves the events gathered by the last `collect` into `out` (call it after
+    /// `collect`, every tick). Only event sources (the eBPF collectors) have any.
+    fn drain_events(&mut self, _out: &mut Vec<Event>) {}
 }
 
 /// Why a collector could not read (part of) its sources this tick.
@@ -136,6 +141,14 @@ pub fn default_collectors(cfg: &CollectConfig) -> Vec<Box<dyn Collector>> {
         Box::new(ProcessCollector::new(cfg)),
         Box::new(CgroupCollector::new(cfg)),
     ]
+}
+
+/// The default collectors plus the eBPF ones ([`ebpf::collectors`]). Loading eBPF never
+/// fails the agent: what cannot load shows as an unavailable collector.
+pub fn collectors_with_ebpf(cfg: &CollectConfig) -> Vec<Box<dyn Collector>> {
+    let mut res = default_collectors(cfg);
+    res.extend(ebpf::collectors(cfg));
+    res
 }
 
 /// Rounds a percentage (or any ratio-like value) to 2 decimals, as the codec expects.

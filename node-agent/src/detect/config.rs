@@ -12,7 +12,7 @@ pub struct DetectConfig {
     pub warmup: u32,
     /// Season length in samples. 0 = auto: a period of 4–32 samples found by
     /// autocorrelation over the first 64 samples, else a daily profile by wall-clock time
-    /// when timestamps are real epoch times with a step of 30 minutes or less.
+    /// when timestamps are real epoch times with a step between about 9 s and 30 minutes.
     /// 1 = no seasonality.
     pub season_len: u32,
     /// Per-sample tail probability (after calibration, over all detectors) at which the

@@ -15,8 +15,11 @@ const NBINS: usize = 64;
 const ALPHA: f64 = 0.25;
 /// Trend smoothing (Holt, in the error-correction form `b += BETA * e`).
 const BETA: f64 = 0.01;
-/// Slow reference level for drift detection (time constant about 50 samples).
+/// Slow reference level and trend for drift detection: a critically damped Holt with a
+/// time constant of about 100 samples. It has its own trend: integrating the fast trend's
+/// noise would make the reference wander by several scales.
 const ALPHA_SLOW: f64 = 0.02;
+const BETA_SLOW: f64 = 1e-4;
 /// Scale smoothing (time constant about 50 samples).
 const ALPHA_SCALE: f64 = 0.02;
 /// The drift residual's scale learns four times slower and from residuals clipped at
@@ -38,8 +41,8 @@ const CUSUM_CLIP: f64 = 4.0;
 const VAR_GAIN: f64 = 0.375;
 const VAR_COST: f64 = std::f64::consts::LN_2;
 const VAR_CLIP: f64 = 9.0;
-/// Seasonal profile learning rate per period (each bin forgets in about 7 periods).
-const SEASON_GAMMA: f64 = 0.15;
+/// Seasonal profile learning rate per period (each bin forgets in about 3 periods).
+const SEASON_GAMMA: f64 = 0.3;
 /// Mean absolute deviation to standard deviation for a normal distribution.
 const MEAN_ABS_TO_SIGMA: f64 = 1.253_314_137_315_500_3;
 /// Samples before the robust clipping starts (the scale must exist first).
@@ -47,13 +50,17 @@ const YOUNG: u32 = 32;
 /// Values are clamped to this for the state (f32 ring and profile stay finite).
 const MAX_ABS: f64 = 1e30;
 /// Already-anomalous samples feed the tail calibration with a weight that grows with how
-/// often this series alerts (`flag_rate / FLAG_RATE_NORMAL`, at least `MIN_ANOMALOUS_WEIGHT`):
-/// recurring "anomalies" become normal after a few dozen, one-off ones stay rare.
-const FLAG_RATE_NORMAL: f32 = 0.02;
+/// often this series alerts (`(flag_rate / FLAG_RATE_NORMAL)²`, at least
+/// `MIN_ANOMALOUS_WEIGHT`): recurring "anomalies" become normal after a few dozen, one-off
+/// ones (a step flags a handful of samples) stay rare.
+const FLAG_RATE_NORMAL: f32 = 0.04;
 const MIN_ANOMALOUS_WEIGHT: f32 = 0.01;
 const FLAG_RATE_DECAY: f32 = 1.0 / 1024.0;
-/// Longest change-point gate after an unseeded season starts (see `cp_gate`).
-const SEASON_GATE_MAX: u32 = 1440;
+/// Longest automatic daily period, in samples (a step of about 9 s or more). Finer series
+/// change too little from one sample to the next over a day for the profile to matter (the
+/// trend follows the daily swing) and would take days to learn it. It is also the longest
+/// period behind a change-point gate (see `cp_gate`).
+const SEASON_GATE_MAX_PERIOD: i64 = 10_000;
 /// Daily period, for the wall-clock seasonal profile.
 const DAY_MS: i64 = 86_400_000;
 /// Epoch milliseconds below this (1973-03-03) are taken as indexes, not wall-clock times.
@@ -172,6 +179,8 @@ pub struct SeriesDetector {
     /// unseeded seasonal profile (at most `SEASON_GATE_MAX` samples), when the trend
     /// still follows the seasonal swing and its curvature would look like drift.
     cp_gate: u32,
+    /// Sample count when the season started (its learning rates decay from there).
+    season_start: u32,
     last_ts: i64,
     interval_ms: i64,
     period_ms: i64,
@@ -182,9 +191,11 @@ pub struct SeriesDetector {
     lf: f64,
     trend: f64,
     ls: f64,
+    trend_slow: f64,
     /// Level the seasonal profile is learned against: trend-free, averaging over about one
     /// period, so it cannot follow the seasonal swing and hide it from the profile.
     lseason: f64,
+    trend_season: f64,
     /// Mean absolute error of the profile fit (clips what one sample can teach the profile).
     abs_season: f64,
     /// Exponentially weighted mean absolute fast and slow residuals.
@@ -194,6 +205,9 @@ pub struct SeriesDetector {
     quantum: f64,
     last_x: f64,
     prev_ef: f32,
+    /// Trend when the current CUSUM excursion began, restored by a quick re-base (a step
+    /// kicks the trend, and a kicked trend would drift the new level away).
+    trend_before: f32,
     cusum_pos: f32,
     cusum_neg: f32,
     var_cusum: f32,
@@ -226,6 +240,7 @@ impl SeriesDetector {
             run_len: 0,
             var_run: 0,
             cp_gate: 0,
+            season_start: 0,
             last_ts: 0,
             interval_ms: 0,
             period_ms: 0,
@@ -234,13 +249,16 @@ impl SeriesDetector {
             lf: 0.0,
             trend: 0.0,
             ls: 0.0,
+            trend_slow: 0.0,
             lseason: 0.0,
+            trend_season: 0.0,
             abs_season: 0.0,
             abs_f: 0.0,
             abs_s: 0.0,
             quantum: f64::INFINITY,
             last_x: 0.0,
             prev_ef: 0.0,
+            trend_before: 0.0,
             cusum_pos: 0.0,
             cusum_neg: 0.0,
             var_cusum: 0.0,
@@ -298,7 +316,7 @@ impl SeriesDetector {
         let sig_f = (self.abs_f * MEAN_ABS_TO_SIGMA).max(floor);
         let sig_s = (self.abs_s * MEAN_ABS_TO_SIGMA).max(sig_f);
         let e_f = d - (self.lf + self.trend);
-        let e_s = d - (self.ls + self.trend);
+        let e_s = d - (self.ls + self.trend_slow);
         let z_f = finite_z(e_f / sig_f);
         let z_s = finite_z(e_s / sig_s);
         let z_v = finite_z((e_f - f64::from(self.prev_ef)) / (std::f64::consts::SQRT_2 * sig_f));
@@ -311,7 +329,14 @@ impl SeriesDetector {
             let zc = z_s.clamp(-CUSUM_CLIP, CUSUM_CLIP);
             self.cusum_pos = (self.cusum_pos + (zc - CUSUM_K) as f32).max(0.0);
             self.cusum_neg = (self.cusum_neg + (-zc - CUSUM_K) as f32).max(0.0);
-            self.run_len = if self.cusum_pos.max(self.cusum_neg) > 0.0 { self.run_len.saturating_add(1) } else { 0 };
+            if self.cusum_pos.max(self.cusum_neg) > 0.0 {
+                if self.run_len == 0 {
+                    self.trend_before = self.trend as f32;
+                }
+                self.run_len = self.run_len.saturating_add(1);
+            } else {
+                self.run_len = 0;
+            }
         }
         if warm {
             self.var_cusum = (self.var_cusum + (VAR_GAIN * zv2 - VAR_COST) as f32).max(0.0);
@@ -366,7 +391,7 @@ impl SeriesDetector {
 
         self.learn(cfg, x, d, e_f, e_s, sig_f, sig_s, warm, &surprise, score);
         if warm && det_score[CHANGE] >= cfg.open_threshold {
-            self.rebase_level(d);
+            self.rebase_level(d, sig_s);
         }
         if warm && det_score[VARIANCE] >= cfg.open_threshold && det_score[VARIANCE] >= det_score[CHANGE] {
             self.rebase_scale();
@@ -448,12 +473,12 @@ impl SeriesDetector {
         if warm {
             let flagged = score >= cfg.open_threshold;
             self.flag_rate += FLAG_RATE_DECAY * (f32::from(u8::from(flagged)) - self.flag_rate);
-            let w_anomalous = (self.flag_rate / FLAG_RATE_NORMAL).clamp(MIN_ANOMALOUS_WEIGHT, 1.0);
+            let w_anomalous = (self.flag_rate / FLAG_RATE_NORMAL).powi(2).clamp(MIN_ANOMALOUS_WEIGHT, 1.0);
             let w = if flagged { w_anomalous } else { 1.0 };
             for tail in &mut self.tails {
                 tail.count(1.0);
             }
-            self.tails[SPIKE].excess(surprise[SPIKE], w);
+            self.tails[SPIKE].event(surprise[SPIKE], w);
             // CUSUM excursions are learned once, by their peak, when they end; an excursion
             // that reached the alert level is learned as anomalous.
             for (i, peak) in [(CHANGE, &mut self.cusum_peak), (VARIANCE, &mut self.var_peak)] {
@@ -461,7 +486,7 @@ impl SeriesDetector {
                 if surprise[i] <= 0.0 && *peak > 0.0 {
                     let p = cfg.false_alarm_rate * (1.0 / cfg.open_threshold).log2() / N_DET as f64;
                     let alerting = f64::from(*peak) >= self.tails[i].quantile(p, PRIOR_PU[i]);
-                    self.tails[i].excess(f64::from(*peak), if alerting { w_anomalous } else { 1.0 });
+                    self.tails[i].event(f64::from(*peak), if alerting { w_anomalous } else { 1.0 });
                     *peak = 0.0;
                 }
             }
@@ -476,7 +501,8 @@ impl SeriesDetector {
         let trend = self.trend;
         self.lf += trend + ALPHA * ef_c;
         self.trend += BETA * ef_c;
-        self.ls += trend + ALPHA_SLOW.max(1.0 / n) * es_c;
+        self.ls += self.trend_slow + ALPHA_SLOW.max(1.0 / n) * es_c;
+        self.trend_slow += BETA_SLOW * es_c;
         let (af, as_) = if young {
             (e_f.abs(), e_s.abs())
         } else {
@@ -523,12 +549,43 @@ impl SeriesDetector {
     }
 
     /// A confirmed change point: the levels jump to the (trend-corrected) median of the
-    /// samples since the change began, and the CUSUMs restart.
-    fn rebase_level(&mut self, d: f64) {
-        let m = (self.run_len as usize).clamp(1, 9).min(self.ring_len());
+    /// recent samples that lie beyond the old level on the side of the change (up to 9: the
+    /// CUSUM's own start is a poor guess when it was already off zero before the change),
+    /// and the CUSUMs restart.
+    fn rebase_level(&mut self, d: f64, sig_s: f64) {
+        let up = self.cusum_pos >= self.cusum_neg;
         let mut buf = [0.0f64; 9];
-        for (age, slot) in buf.iter_mut().enumerate().take(m) {
-            *slot = self.ring_back(age) + age as f64 * self.trend;
+        let mut m = 0;
+        for (age, slot) in buf.iter_mut().enumerate().take(self.ring_len()) {
+            let v = self.ring_back(age);
+            let beyond = if up { v - (self.ls - age as f64 * self.trend_slow) } else { self.ls - age as f64 * self.trend_slow - v };
+            if age > 0 && beyond < 0.5 * sig_s {
+                break;
+            }
+            *slot = v;
+            m += 1;
+        }
+        let m = m.max(1);
+        // A ramp or a step? A slope over the changed samples that differs from the old
+        // trend by more than three standard errors is a new trend; anything else is a step,
+        // and whatever trend the step taught the fast level is undone.
+        let mut ramp = false;
+        if m >= 5 {
+            let (_, b) = line_fit(&buf[..m]);
+            let slope = -b; // buf runs backwards in time
+            let mf = m as f64;
+            let se = sig_s * (12.0 / (mf * (mf * mf - 1.0))).sqrt();
+            if slope.is_finite() && (slope - self.trend_slow).abs() > 3.0 * se {
+                ramp = true;
+                self.trend = slope;
+                self.trend_slow = slope;
+            }
+        }
+        if !ramp {
+            self.trend = f64::from(self.trend_before);
+        }
+        for (age, v) in buf[..m].iter_mut().enumerate() {
+            *v += age as f64 * self.trend_slow;
         }
         let level = median(&mut buf[..m]);
         if level.is_finite() {
@@ -582,22 +639,54 @@ impl SeriesDetector {
 
     fn learn_season(&mut self, x: f64, d: f64) {
         let per_period = self.period_ms as f64 / self.interval_ms.max(1) as f64;
-        self.lseason += (1.0 / per_period).clamp(5e-4, 0.05) * (d - self.lseason);
+        // Running means while young (every sample of the first period counts fully), then
+        // exponential forgetting.
+        let age = f64::from(self.n.saturating_sub(self.season_start));
+        // The profile's reference level is a Holt of its own with a time constant of about
+        // two periods (critically damped), so it follows real trends, which would otherwise be
+        // learned as a seasonal shape, but not the seasonal swing itself, which would then be
+        // learned only in part and out of phase.
+        // During the first period it stays put: a running mean over part of a period would
+        // follow the swing and bend the first profile, which every later period inherits.
+        // The first profile then holds that level's offset, removed when it is centred.
+        let a = (0.5 / per_period).clamp(2.5e-4, 0.025);
+        let err = d - (self.lseason + self.trend_season);
+        if age >= per_period {
+            self.lseason += self.trend_season + a * err;
+            self.trend_season += 0.25 * a * a * err;
+        }
+        let gamma = SEASON_GAMMA.max(1.0 / ((age / per_period).floor() + 1.0));
         let (i0, i1, w) = self.phase(self.last_ts);
         let current = (1.0 - w) * f64::from(self.bins[i0]) + w * f64::from(self.bins[i1]);
         let raw = (x - self.lseason) - current;
-        let err = if self.abs_season > 0.0 {
+        // The first two periods learn the shape unclipped: the clip is for anomalies in an
+        // already known profile, not for the profile itself.
+        let err = if self.abs_season > 0.0 && gamma < 0.5 {
             let bound = SCALE_CLIP * MEAN_ABS_TO_SIGMA * self.abs_season;
             raw.clamp(-bound, bound)
         } else {
             raw
         };
         self.abs_season += 0.01 * (err.abs() - self.abs_season);
-        let g = SEASON_GAMMA / (per_period / self.nbins as f64).max(1.0);
-        self.bins[i0] += (g * (1.0 - w) * err) as f32;
-        self.bins[i1] += (g * w * err) as f32;
+        // Each bin sees `per_bin` samples a period through a tent of interpolation weights
+        // (sum of squares about 2/3 of that): normalise so a period teaches `gamma` of the gap.
+        let per_bin = per_period / self.nbins as f64;
+        if age < per_period {
+            // First pass: a running mean per nearest bin. Gradient steps on the
+            // interpolated profile would push each bin to make up for its unlearned
+            // neighbour and start the profile with a ripple.
+            let (k, frac) = if w < 0.5 { (i0, w + 0.5) } else { (i1, w - 0.5) };
+            let seen = (frac * per_bin).floor().min(age);
+            let target = x - self.lseason;
+            self.bins[k] += ((target - f64::from(self.bins[k])) / (seen + 1.0)) as f32;
+        } else {
+            let g = gamma / (per_bin * 2.0 / 3.0).max(1.0);
+            self.bins[i0] += (g * (1.0 - w) * err) as f32;
+            self.bins[i1] += (g * w * err) as f32;
+        }
         // Keep the profile centred; the levels take the mean, so forecasts do not move.
-        if self.n % 256 == 0 {
+        // Not during the first period: unvisited bins would take a share of the mean.
+        if (self.n % 256 == 0 && age >= per_period) || age == per_period.floor() {
             let nb = self.nbins as usize;
             let mean = self.bins[..nb].iter().map(|&b| f64::from(b)).sum::<f64>() / nb as f64;
             for b in &mut self.bins[..nb] {
@@ -629,11 +718,22 @@ impl SeriesDetector {
         for (i, v) in ordered.iter_mut().enumerate() {
             *v = self.ring_back(RING - 1 - i);
         }
+        // Without a season, the warm-up's line is the best first guess of the trend.
+        let (_, slope) = line_fit(&ordered);
+        if slope.is_finite() {
+            self.trend = slope;
+            self.trend_slow = slope;
+        }
         let period = match cfg.season_len {
             1 => return,
             0 => match acf_period(&ordered) {
                 Some(p) => p as i64,
-                None if ts_ms >= EPOCH_MIN_MS && interval <= 1_800_000 => DAY_MS / interval,
+                None if ts_ms >= EPOCH_MIN_MS
+                    && interval <= 1_800_000
+                    && DAY_MS / interval <= SEASON_GATE_MAX_PERIOD =>
+                {
+                    DAY_MS / interval
+                }
                 None => return,
             },
             p => i64::from(p),
@@ -641,60 +741,82 @@ impl SeriesDetector {
         if period < 2 {
             return;
         }
+        // From here on a season is in use. A long one starts with no trend: 64 samples of
+        // it say nothing about the trend, only about the seasonal slope of the moment.
         let is_daily = cfg.season_len == 0 && period == DAY_MS / interval && ts_ms >= EPOCH_MIN_MS;
         self.period_ms = if is_daily { DAY_MS } else { period.saturating_mul(interval) };
         self.nbins = period.min(NBINS as i64) as u8;
         // With one bin per sample, put the samples on the bin centres.
         self.origin_ms = if period <= NBINS as i64 { ts_ms - interval / 2 } else { 0 };
         self.season = SEASON_ON;
+        self.season_start = self.n;
         self.lseason = self.ls;
         self.abs_season = self.abs_s;
         if period as usize * 2 <= RING {
             self.seed_season(&ordered, period as usize);
         } else {
-            self.cp_gate = self.n.saturating_add((period as u32).min(SEASON_GATE_MAX));
+            self.trend = 0.0;
+            self.trend_slow = 0.0;
+            if period <= SEASON_GATE_MAX_PERIOD {
+                self.cp_gate = self.n.saturating_add(period as u32);
+            }
         }
     }
 
-    /// Seeds the profile (one bin per sample) from the ring, re-bases levels, trend and
-    /// scales on the deseasonalised, detrended history.
+    /// Seeds the profile (one bin per sample) from the ring by a joint least-squares fit of
+    /// a line plus one offset per phase (a plain line over a non-whole number of periods
+    /// would take part of the season for a trend), and re-bases levels, trends and scales.
     fn seed_season(&mut self, ordered: &[f64; RING], period: usize) {
-        let (a, b) = line_fit(ordered);
-        let mut sums = [0.0f64; NBINS];
-        let mut counts = [0u32; NBINS];
         // The latest sample (index RING-1) is at phase bin 0.
-        for (i, &v) in ordered.iter().enumerate() {
-            let bin = (period * RING - (RING - 1 - i)) % period;
-            sums[bin] += v - (a + b * i as f64);
-            counts[bin] += 1;
+        let bin_of = |i: usize| (period * RING - (RING - 1 - i)) % period;
+        let mut count = [0.0f64; NBINS];
+        let mut mean_t = [0.0f64; NBINS];
+        let mut mean_y = [0.0f64; NBINS];
+        for (i, &y) in ordered.iter().enumerate() {
+            let k = bin_of(i);
+            count[k] += 1.0;
+            mean_t[k] += i as f64;
+            mean_y[k] += y;
         }
-        let mut mean = 0.0;
-        for bin in 0..period {
-            self.bins[bin] = (sums[bin] / f64::from(counts[bin].max(1))) as f32;
-            mean += f64::from(self.bins[bin]);
+        for k in 0..period {
+            mean_t[k] /= count[k].max(1.0);
+            mean_y[k] /= count[k].max(1.0);
         }
-        mean /= period as f64;
-        for v in &mut self.bins[..period] {
-            *v = (f64::from(*v) - mean) as f32;
+        let (mut sxy, mut sxx) = (0.0, 0.0);
+        for (i, &y) in ordered.iter().enumerate() {
+            let k = bin_of(i);
+            sxy += (i as f64 - mean_t[k]) * (y - mean_y[k]);
+            sxx += (i as f64 - mean_t[k]).powi(2);
+        }
+        let b = if sxx > 0.0 { sxy / sxx } else { 0.0 };
+        let mut offset = [0.0f64; NBINS];
+        for k in 0..period {
+            offset[k] = mean_y[k] - b * mean_t[k];
+        }
+        let a = offset[..period].iter().sum::<f64>() / period as f64;
+        for k in 0..period {
+            self.bins[k] = (offset[k] - a) as f32;
         }
         let mut abs_sum = 0.0;
-        for (i, &v) in ordered.iter().enumerate() {
-            let bin = (period * RING - (RING - 1 - i)) % period;
-            abs_sum += (v - (a + b * i as f64) - f64::from(self.bins[bin])).abs();
+        for (i, &y) in ordered.iter().enumerate() {
+            abs_sum += (y - offset[bin_of(i)] - b * i as f64).abs();
         }
+        // Residuals of a fit with period + 1 parameters understate the noise.
+        let dof = (RING as f64 / (RING - period - 1).max(1) as f64).sqrt();
         let level = a + b * (RING - 1) as f64;
         self.lf = level;
         self.ls = level;
-        self.lseason = a + b * (RING - 1) as f64 / 2.0;
+        self.lseason = level;
         self.trend = b;
-        self.abs_f = abs_sum / RING as f64;
+        self.trend_slow = b;
+        self.trend_season = b;
+        self.abs_f = abs_sum / RING as f64 * dof;
         self.abs_s = self.abs_f;
         self.abs_season = self.abs_f;
         // The ring now holds deseasonalised values.
         for age in 0..RING {
             let idx = (self.ring_pos as usize + RING - 1 - age) % RING;
-            let bin = (period * RING - age) % period;
-            self.ring[idx] -= self.bins[bin];
+            self.ring[idx] -= self.bins[(period * RING - age) % period];
         }
     }
 }
@@ -826,7 +948,7 @@ impl SeriesDetector {
     pub(crate) fn debug_line(&self) -> String {
         format!(
             "tails={:?} lf={:.4} T={:.4} ls={:.4} lseas={:.4} sf={:.4} ss={:.4} cu+={:.2} cu-={:.2} run={} var={:.2} vew={:.2} flag={:.4} band={:.2}",
-            self.tails.iter().zip(PRIOR_PU).map(|(t, p)| { let f = t.fit(p); format!("{:.3}/{:.2}/{:.2}", f.p_u, f.xi, f.beta) }).collect::<Vec<_>>(),
+            self.tails.iter().zip(PRIOR_PU).map(|(t, p)| format!("{:.1}", t.quantile(1e-5, p))).collect::<Vec<_>>(),
             self.lf,
             self.trend,
             self.ls,
@@ -841,5 +963,12 @@ impl SeriesDetector {
             self.flag_rate,
             self.band_z
         )
+    }
+}
+
+#[cfg(test)]
+impl SeriesDetector {
+    pub(crate) fn debug_season(&self, ts_ms: i64) -> f64 {
+        self.season_at(ts_ms)
     }
 }

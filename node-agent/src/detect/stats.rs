@@ -5,15 +5,18 @@
 
 /// Surprises at or below this are "body", above it "tail" (Exp(1) null: 5% of samples).
 pub(crate) const TAIL_U: f64 = 3.0;
-/// Memory of the tail estimate: counts decay by `1 - 1/TAIL_MEMORY` per sample.
-const TAIL_DECAY: f32 = 1.0 - 1.0 / 4096.0;
-/// Prior weight (pseudo-samples) for the exceedance rate, never decayed.
-const PRIOR_SAMPLES: f64 = 200.0;
-/// Prior weight (pseudo-excesses) for the shape of the tail: Exp(1), i.e. GPD(ξ=0, β=1).
-const PRIOR_EXCESSES: f64 = 30.0;
-/// Largest excess that enters the moments, so one extreme value cannot own the fit (the
-/// second moment is otherwise at its mercy).
-const MAX_EXCESS: f64 = 15.0;
+/// The tail is measured at three levels of the surprise, `TAIL_U + k·KNOT_STEP`.
+const KNOT_STEP: f64 = 3.0;
+/// Memory of the counts at the two lower knots and at the top knot (rarer, so longer).
+const DECAY_LOW: f32 = 1.0 - 1.0 / 4096.0;
+const DECAY_TOP: f32 = 1.0 - 1.0 / 16384.0;
+/// Prior weight at each knot, in pseudo-events at the null rate.
+const PRIOR_EVENTS: f64 = 1.0;
+/// Bounds on the log-slope of the extrapolated tail: never lighter than 1.5× the null
+/// (so a calm series does not become hair-trigger), never flatter than 0.15 (so a huge
+/// surprise still alerts however spiky the series).
+const SLOPE_MIN: f64 = -1.5;
+const SLOPE_MAX: f64 = -0.15;
 
 /// `ln(erfc(x))` for any `x`, without underflow for large `x` (Chebyshev fit from
 /// Numerical Recipes, fractional error of `erfc` below 1.2e-7).
@@ -66,84 +69,93 @@ pub(crate) fn normal_z_for_surprise(s: f64) -> f64 {
     z
 }
 
-/// Streaming generalised-Pareto fit of the upper tail of a surprise statistic, by the
-/// method of moments on exponentially decayed sums of the excesses over [`TAIL_U`], with a
-/// fixed prior so that it starts out as the analytic null and learns the real tail.
+/// Streaming, count-based peaks-over-threshold tail of a surprise statistic.
 ///
-/// The rate is per sample: [`Tail::count`] is called once per sample, [`Tail::excess`] with
+/// Decayed counts of events above three levels (3, 6, 9) give the tail's log-rate at each,
+/// shrunk towards the detector's null with one pseudo-event per level (a Gamma prior); the
+/// log survival function is interpolated linearly between them and extrapolated beyond the
+/// top one with the top segment's slope: an exponential-tail (Gumbel-domain) POT model whose
+/// decay rate is learned. Counts, unlike moments, give every event a bounded influence, so a
+/// handful of outliers cannot flip the fit, while a series that is spiky all the time moves
+/// the counts and learns that its spikes are normal.
+///
+/// The rate is per sample: [`Tail::count`] is called once per sample, [`Tail::event`] with
 /// each independent event (every sample for the residual detector, the peak of each finished
 /// excursion for the CUSUMs, whose consecutive values are not independent and would otherwise
 /// teach the fit an ongoing drift before it could alert).
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Tail {
-    n: f32,
-    n_exc: f32,
-    sum: f32,
-    sum2: f32,
-}
-
-/// Fitted tail: `P(S > s) = p_u · (1 + ξ (s - u) / β)^(-1/ξ)` for `s > u`.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct TailFit {
-    pub p_u: f64,
-    pub xi: f64,
-    pub beta: f64,
+    n_low: f32,
+    n_top: f32,
+    above: [f32; 3],
 }
 
 impl Tail {
     /// One more sample (weight `w`), decaying the memory.
     pub(crate) fn count(&mut self, w: f32) {
-        self.n = self.n * TAIL_DECAY + w;
-        self.n_exc *= TAIL_DECAY;
-        self.sum *= TAIL_DECAY;
-        self.sum2 *= TAIL_DECAY;
+        self.n_low = self.n_low * DECAY_LOW + w;
+        self.n_top = self.n_top * DECAY_TOP + w;
+        self.above[0] *= DECAY_LOW;
+        self.above[1] *= DECAY_LOW;
+        self.above[2] *= DECAY_TOP;
     }
 
     /// One event of height `s` (weight `w`: 1 for normal events, less for events already
     /// judged anomalous, so that rare events stay rare).
-    pub(crate) fn excess(&mut self, s: f64, w: f32) {
-        if s > TAIL_U {
-            let y = (s - TAIL_U).min(MAX_EXCESS) as f32;
-            self.n_exc += w;
-            self.sum += w * y;
-            self.sum2 += w * y * y;
+    pub(crate) fn event(&mut self, s: f64, w: f32) {
+        for (k, above) in self.above.iter_mut().enumerate() {
+            if s > TAIL_U + k as f64 * KNOT_STEP {
+                *above += w;
+            }
         }
     }
 
-    /// Current fit, blended with the prior (exceedance rate `prior_pu`, Exp(1) excesses).
-    pub(crate) fn fit(&self, prior_pu: f64) -> TailFit {
-        let p_u = (self.n_exc as f64 + PRIOR_SAMPLES * prior_pu) / (self.n as f64 + PRIOR_SAMPLES);
-        let k = self.n_exc as f64 + PRIOR_EXCESSES;
-        let m = (self.sum as f64 + PRIOR_EXCESSES) / k;
-        let v = ((self.sum2 as f64 + 2.0 * PRIOR_EXCESSES) / k - m * m).max(1e-9);
-        // Exponential-or-heavier tails only: a light fitted tail would make the far tail
-        // overconfident, and the far tail is exactly where alerts are decided.
-        let xi = (0.5 * (1.0 - m * m / v)).clamp(0.0, 0.5);
-        let beta = (m * (1.0 - xi)).max(1e-3);
-        TailFit { p_u: p_u.clamp(1e-9, 1.0), xi, beta }
+    /// Log-rates at the three knots and the slope past the top one; `prior_pu` is the null
+    /// rate at the first knot (the null tail is `prior_pu · e^-(s-3)`).
+    fn knots(&self, prior_pu: f64) -> ([f64; 3], f64) {
+        let mut ln_rate = [0.0; 3];
+        for (k, slot) in ln_rate.iter_mut().enumerate() {
+            let p_null = prior_pu * (-(k as f64) * KNOT_STEP).exp();
+            let n = f64::from(if k == 2 { self.n_top } else { self.n_low });
+            *slot = ((f64::from(self.above[k]) + PRIOR_EVENTS) / (n + PRIOR_EVENTS / p_null)).ln();
+        }
+        // Survival is non-increasing: enforce it on the estimates too.
+        ln_rate[1] = ln_rate[1].min(ln_rate[0]);
+        ln_rate[2] = ln_rate[2].min(ln_rate[1]);
+        let slope = ((ln_rate[2] - ln_rate[1]) / KNOT_STEP).clamp(SLOPE_MIN, SLOPE_MAX);
+        (ln_rate, slope)
     }
 
-    /// `P(S > s)`; only meaningful for `s > TAIL_U` (below it, returns at least `p_u`).
+    /// `P(S > s)` per sample; meaningful for `s >= TAIL_U`.
     pub(crate) fn tail_prob(&self, s: f64, prior_pu: f64) -> f64 {
-        let f = self.fit(prior_pu);
-        let y = (s - TAIL_U).max(0.0);
-        let p = if f.xi < 1e-4 {
-            f.p_u * (-y / f.beta).exp()
+        let (ln_rate, slope) = self.knots(prior_pu);
+        let ln_p = if s >= TAIL_U + 2.0 * KNOT_STEP {
+            ln_rate[2] + slope * (s - TAIL_U - 2.0 * KNOT_STEP)
         } else {
-            f.p_u * (1.0 + f.xi * y / f.beta).powf(-1.0 / f.xi)
+            let pos = ((s - TAIL_U) / KNOT_STEP).max(0.0);
+            let k = (pos.floor() as usize).min(1);
+            let frac = pos - k as f64;
+            ln_rate[k] + frac * (ln_rate[k + 1] - ln_rate[k])
         };
+        let p = ln_p.exp();
         if p.is_nan() { 0.0 } else { p.clamp(0.0, 1.0) }
     }
 
     /// The surprise whose tail probability is `p` (the inverse of [`Tail::tail_prob`]).
     pub(crate) fn quantile(&self, p: f64, prior_pu: f64) -> f64 {
-        let f = self.fit(prior_pu);
-        if !(p > 0.0) || p >= f.p_u {
+        let (ln_rate, slope) = self.knots(prior_pu);
+        let ln_p = p.max(1e-300).ln();
+        if ln_p >= ln_rate[0] {
             return TAIL_U;
         }
-        let r = f.p_u / p;
-        let y = if f.xi < 1e-4 { f.beta * r.ln() } else { f.beta / f.xi * (r.powf(f.xi) - 1.0) };
-        TAIL_U + y.min(1e6)
+        for k in 0..2 {
+            if ln_p >= ln_rate[k + 1] {
+                let span = ln_rate[k + 1] - ln_rate[k];
+                let frac = if span < 0.0 { (ln_p - ln_rate[k]) / span } else { 0.0 };
+                return TAIL_U + (k as f64 + frac) * KNOT_STEP;
+            }
+        }
+        (TAIL_U + 2.0 * KNOT_STEP + (ln_p - ln_rate[2]) / slope).min(1e6)
     }
 }
 
@@ -171,22 +183,54 @@ mod tests {
     }
 
     #[test]
-    fn tail_learns_heavier_tail() {
+    fn tail_starts_at_the_null_and_learns_a_heavier_tail() {
         let mut t = Tail::default();
         let prior = t.tail_prob(10.0, 0.05);
-        assert!((prior - 0.05 * (-7.0f64).exp()).abs() < 1e-6);
-        // Excesses with mean 3 (three times the prior's): the tail must get fatter.
+        assert!((prior - 0.05 * (-7.0f64).exp()).abs() / prior < 1e-6, "{prior}");
+        // One sample in ten is a surprise of 3 + Exp(mean 3): three times the null's.
         let mut x = 1u64;
-        for _ in 0..20_000 {
+        let mut uniform = || {
             x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            let u = ((x >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+            ((x >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+        };
+        for _ in 0..40_000 {
+            let u = uniform();
             let s = if u < 0.1 { TAIL_U - 3.0 * (u / 0.1).ln() } else { u };
             t.count(1.0);
-            t.excess(s, 1.0);
+            t.event(s, 1.0);
         }
         let learned = t.tail_prob(10.0, 0.05);
-        assert!(learned > 20.0 * prior, "{learned} vs {prior}");
+        let truth = 0.1 * (-7.0f64 / 3.0).exp();
+        assert!(learned / truth > 0.5 && learned / truth < 2.0, "{learned} vs {truth}");
         let q = t.quantile(learned, 0.05);
         assert!((q - 10.0).abs() < 1e-6, "{q}");
+        for s in [3.5, 5.0, 7.0, 9.5, 14.0] {
+            let back = t.quantile(t.tail_prob(s, 0.05), 0.05);
+            assert!((back - s).abs() < 1e-6, "{s} -> {back}");
+        }
+    }
+
+    #[test]
+    fn an_outlier_does_not_flip_the_tail() {
+        // The null exactly (surprise ~ Exp(1)), with and without one big outlier.
+        let mut x = 7u64;
+        let mut uniform = || {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((x >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+        };
+        let (mut clean, mut dirty) = (Tail::default(), Tail::default());
+        for i in 0..4000 {
+            let s = -uniform().ln();
+            for t in [&mut clean, &mut dirty] {
+                t.count(1.0);
+                t.event(s, 1.0);
+            }
+            if i == 1000 {
+                dirty.event(14.0, 1.0);
+            }
+        }
+        let (a, b) = (clean.quantile(1e-5, 0.05), dirty.quantile(1e-5, 0.05));
+        assert!((a - 11.5).abs() < 1.5, "clean threshold {a}");
+        assert!((b - a).abs() < 1.5, "one outlier moved the threshold from {a} to {b}");
     }
 }

