@@ -406,7 +406,10 @@ mod tests {
     /// ring buffer's 8-byte alignment.
     #[test]
     fn layouts_have_no_hidden_padding() {
-        assert_eq!(size_of::<ExecEvent>(), 4 * 4 + 8 * 2 + COMM_LEN + FILENAME_LEN);
+        assert_eq!(
+            size_of::<ExecEvent>(),
+            4 * 4 + 8 * 2 + COMM_LEN + FILENAME_LEN
+        );
         assert_eq!(size_of::<ExitEvent>(), 4 * 4 + 8 * 3 + COMM_LEN);
         assert_eq!(size_of::<OomEvent>(), 4 * 4 + 8 * 2 + 2 * COMM_LEN);
         assert_eq!(

@@ -436,13 +436,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
 }
 
 #[inline(always)]
-fn emit_tcp(
-    sk: *const u8,
-    kind: u32,
-    old: i32,
-    st: &TcpSockState,
-    now: u64,
-) -> Result<(), i32> {
+fn emit_tcp(sk: *const u8, kind: u32, old: i32, st: &TcpSockState, now: u64) -> Result<(), i32> {
     let family: u16 = read(sk, off!(sk_family))?;
     if family != AF_INET && family != AF_INET6 {
         return Ok(());
@@ -600,7 +594,12 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let _ = RUNQ_START.remove(tid);
     let delta_us = now_ns().saturating_sub(start) / 1000;
     let cgroup_id = task_cgroup_id(next)?;
-    hist_add(&RUNQ_HIST, &cgroup_id, delta_us, drop_reason::RUNQ_HIST_FULL);
+    hist_add(
+        &RUNQ_HIST,
+        &cgroup_id,
+        delta_us,
+        drop_reason::RUNQ_HIST_FULL,
+    );
     Ok(())
 }
 

@@ -1,11 +1,15 @@
 //! `node-agent`: command-line entry. Everything else lives in the library.
 
+use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use node_agent::collect::CollectConfig;
+use node_agent::detect::{self, DetectConfig};
+use node_agent::logs::{self, LogFormat, MinerConfig};
 use node_agent::run::AgentConfig;
 
 #[derive(Parser)]
@@ -19,6 +23,39 @@ struct Cli {
 enum Command {
     /// Sample this host and ship to the aggregator.
     Run(RunArgs),
+    /// Score a `timestamp,value` CSV with the agent's streaming anomaly detector.
+    Detect(DetectArgs),
+    /// Mine log templates from a file with the agent's template miner.
+    Logs(LogsArgs),
+}
+
+#[derive(Parser)]
+struct DetectArgs {
+    /// Input CSV: `timestamp,value` rows (ISO-8601 or unix seconds), optional header.
+    #[arg(long)]
+    input: PathBuf,
+    /// Output CSV: `timestamp,value,anomaly_score`, one row per input row.
+    #[arg(long)]
+    output: PathBuf,
+    /// Detector settings, JSON (see docs/detection.md); defaults otherwise.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Parser)]
+struct LogsArgs {
+    /// Input log file.
+    #[arg(long)]
+    input: PathBuf,
+    /// Output CSV: `line_number,template_id,template`, one row per input line.
+    #[arg(long)]
+    output: PathBuf,
+    /// Line format: auto, plain, cri or docker.
+    #[arg(long, default_value = "auto")]
+    format: LogFormat,
+    /// Miner settings, JSON (see docs/detection.md); defaults otherwise.
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Parser)]
@@ -76,6 +113,9 @@ struct RunArgs {
     /// Most cgroups with their own series.
     #[arg(long, default_value_t = 512)]
     max_cgroups: usize,
+    /// Do not load the eBPF collectors.
+    #[arg(long)]
+    no_ebpf: bool,
     /// Turn off on-node anomaly detection.
     #[arg(long)]
     no_detect: bool,
@@ -94,7 +134,11 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    let Command::Run(args) = Cli::parse().command;
+    let args = match Cli::parse().command {
+        Command::Run(args) => args,
+        Command::Detect(args) => return detect_file(&args),
+        Command::Logs(args) => return logs_file(&args),
+    };
     anyhow::ensure!(args.interval_secs >= 0.1, "--interval-secs must be at least 0.1");
     anyhow::ensure!(args.batch_secs >= args.interval_secs, "--batch-secs must be at least --interval-secs");
     let node = match args.node {
@@ -124,6 +168,7 @@ fn main() -> anyhow::Result<()> {
         drain_grace: Duration::from_secs(args.drain_grace_secs),
         detect: if args.no_detect { None } else { Some(load_detect_config(args.detect_config.as_deref())?) },
         max_detected_series: args.max_detected_series,
+        ebpf: !args.no_ebpf,
     };
     // One thread is plenty for a 1 s loop and one connection, and keeps the agent light.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -153,6 +198,57 @@ fn load_detect_config(path: Option<&std::path::Path>) -> anyhow::Result<node_age
         serde_json::from_str(&text).with_context(|| format!("bad detector config {}", path.display()))?;
     cfg.validate().with_context(|| format!("bad detector config {}", path.display()))?;
     Ok(cfg)
+}
+
+/// `node-agent detect`: the backtest of `node_agent::detect::backtest`, on files.
+fn detect_file(args: &DetectArgs) -> anyhow::Result<()> {
+    let cfg: DetectConfig = match &args.config {
+        Some(path) => read_json(path)?,
+        None => DetectConfig::default(),
+    };
+    cfg.validate().with_context(|| "invalid detector config")?;
+    let text = read_text(&args.input)?;
+    let rows = detect::backtest::parse_csv(&text).with_context(|| format!("reading {}", args.input.display()))?;
+    let scores = detect::backtest::score_rows(&rows, &cfg);
+    write_output(&args.output, |out| detect::backtest::write_csv(&rows, &scores, out))
+}
+
+/// `node-agent logs`: the template miner of `node_agent::logs`, on files.
+fn logs_file(args: &LogsArgs) -> anyhow::Result<()> {
+    let cfg: MinerConfig = match &args.config {
+        Some(path) => read_json(path)?,
+        None => MinerConfig::default(),
+    };
+    anyhow::ensure!(
+        cfg.similarity.is_finite() && (0.0..=1.0).contains(&cfg.similarity),
+        "invalid miner config: similarity must be in [0, 1]"
+    );
+    // Logs are not always valid UTF-8: bad bytes become U+FFFD rather than an error.
+    let bytes = std::fs::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
+    let text = String::from_utf8_lossy(&bytes);
+    let (rows, miner) = logs::backtest::mine_text(&text, args.format, &cfg);
+    write_output(&args.output, |out| logs::backtest::write_csv(&rows, &miner, out))
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {} (JSON)", path.display()))
+}
+
+fn read_text(path: &Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!("{} is not UTF-8 text (bad byte at offset {})", path.display(), e.utf8_error().valid_up_to())
+    })
+}
+
+fn write_output(
+    path: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
+    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    write(&mut out).and_then(|()| out.flush()).with_context(|| format!("writing {}", path.display()))
 }
 
 fn hostname() -> anyhow::Result<String> {

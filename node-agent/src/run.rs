@@ -57,13 +57,15 @@ pub struct AgentConfig {
     pub detect: Option<DetectConfig>,
     /// Most series with detector state.
     pub max_detected_series: usize,
+    /// Load the eBPF collectors (process, TCP, run queue, block I/O).
+    pub ebpf: bool,
 }
 
 /// Runs the agent until `stop` resolves, then drains and returns.
 pub async fn run(cfg: AgentConfig, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     let metrics = AgentMetrics::new();
     let quic = tls::client_config(&cfg.ca, &cfg.cert, &cfg.key)?;
-    let mut collectors = collect::default_collectors(&cfg.collect);
+    let mut collectors = if cfg.ebpf { collect::collectors_with_ebpf(&cfg.collect) } else { collect::default_collectors(&cfg.collect) };
     for c in &collectors {
         metrics.collector_up.with_label_values(&[c.name()]).set(1);
     }
@@ -109,6 +111,7 @@ pub async fn run(cfg: AgentConfig, stop: impl std::future::Future<Output = ()>) 
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_batch = Instant::now();
     let mut values = Vec::new();
+    let mut events = Vec::new();
     let mut error_counts = vec![0u64; collectors.len()];
     let mut detectors = cfg.detect.clone().map(|d| DetectorBank::new(d, cfg.max_detected_series));
     tokio::pin!(stop);
@@ -120,6 +123,12 @@ pub async fn run(cfg: AgentConfig, stop: impl std::future::Future<Output = ()>) 
         let started = Instant::now();
         let ts = now_ms();
         collect_once(&mut collectors, started, &mut values, &metrics, &mut error_counts);
+        for c in &mut collectors {
+            c.drain_events(&mut events);
+        }
+        for e in events.drain(..) {
+            batcher.add_event(e);
+        }
         self_samples(&shared, &metrics, &mut values);
         if let Some(bank) = detectors.as_mut() {
             detect(bank, ts, &values, &mut batcher, &metrics);

@@ -70,6 +70,7 @@ impl AgentMetrics {
                 m
             }};
         }
+        registry.register(Box::new(crate::collect::ebpf::EVENTS_DROPPED.clone())).expect("unique metric name");
         AgentMetrics {
             samples_collected: reg!(IntCounter::new("agent_samples_collected_total", "Samples collected.")),
             collector_errors: reg!(IntCounterVec::new(Opts::new("agent_collector_errors_total", "Collector errors."), &["collector"])),

@@ -1,17 +1,20 @@
 //! Fault injection for the end-to-end tests: a network namespace joined to the host by a
-//! veth pair (with `tc netem` to partition it or make it lossy and slow), a size-limited
-//! tmpfs (to fill a disk), processes started inside a namespace, and the agent's counters
-//! read at a moment when they are exact.
+//! veth pair (link down to partition it; `tc netem`, or where the kernel lacks netem an
+//! in-process UDP relay, to make it lossy and slow), a size-limited tmpfs (to fill a disk),
+//! processes started inside a namespace, and the agent's counters read at a moment when
+//! they are exact.
 //!
 //! Everything made here is undone by a `Drop` guard, also when a test fails: namespaces
 //! (with their veth pair) are deleted and tmpfs mounts unmounted. All traffic stays on the
 //! veth pair between the host and a namespace this module created.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -82,8 +85,17 @@ impl NetNs {
         Ok(ns)
     }
 
+    /// Whether this kernel has `tc netem` (`CONFIG_NET_SCH_NETEM`); probed on the host end.
+    pub fn has_netem(&self) -> bool {
+        let ok = sh("tc", &["qdisc", "add", "dev", &self.host_if, "root", "netem", "delay", "1ms"]).is_ok();
+        if ok {
+            let _ = sh("tc", &["qdisc", "del", "dev", &self.host_if, "root"]);
+        }
+        ok
+    }
+
     /// The same `netem` settings on both ends of the link (so both directions), e.g.
-    /// `["loss", "100%"]` for a partition or `["loss", "20%", "delay", "200ms"]`.
+    /// `["loss", "20%", "delay", "200ms"]`.
     pub fn netem(&self, spec: &[&str]) -> anyhow::Result<()> {
         let mut host = vec!["qdisc", "replace", "dev", &self.host_if, "root", "netem"];
         host.extend(spec);
@@ -93,15 +105,17 @@ impl NetNs {
         sh("tc", &inner)
     }
 
-    /// Cuts the link both ways (every packet dropped; the interfaces stay up).
+    /// Cuts the link: the host end goes down, so both ends lose carrier and nothing passes
+    /// either way (what pulling the cable does).
     pub fn partition(&self) -> anyhow::Result<()> {
-        self.netem(&["loss", "100%"])
+        sh("ip", &["link", "set", &self.host_if, "down"])
     }
 
-    /// Removes any netem: the link is clean again.
+    /// Undoes [`NetNs::partition`] and [`NetNs::netem`]: the link is up and clean again.
     pub fn heal(&self) -> anyhow::Result<()> {
-        sh("tc", &["qdisc", "del", "dev", &self.host_if, "root"])?;
-        sh("tc", &["-n", &self.name, "qdisc", "del", "dev", &self.ns_if, "root"])
+        let _ = Command::new("tc").args(["qdisc", "del", "dev", &self.host_if, "root"]).stderr(Stdio::null()).status();
+        let _ = Command::new("tc").args(["-n", &self.name, "qdisc", "del", "dev", &self.ns_if, "root"]).stderr(Stdio::null()).status();
+        sh("ip", &["link", "set", &self.host_if, "up"])
     }
 
     /// Starts `program` (a path) inside the namespace, output to `log`, killed on drop.
@@ -133,6 +147,131 @@ impl Drop for NetNs {
         // Deleting the namespace deletes its end of the veth pair, and with it the host end.
         let _ = sh("ip", &["netns", "del", &self.name]);
         let _ = Command::new("ip").args(["link", "del", &self.host_if]).stderr(Stdio::null()).status();
+    }
+}
+
+/// Loss and delay for a [`UdpRelay`], changeable while it runs.
+#[derive(Debug, Default)]
+struct Impairment {
+    /// Packets dropped per million, each direction.
+    loss_ppm: AtomicU32,
+    /// Added one-way delay, each direction.
+    delay_ms: AtomicU64,
+}
+
+/// A UDP relay in this process between one client (the agent) and one server (the
+/// aggregator) that drops and delays packets both ways: what `netem loss .. delay ..` does
+/// on a link, for kernels built without netem (`CONFIG_NET_SCH_NETEM`). The agent dials
+/// [`UdpRelay::addr`]; the aggregator sees the relay as the client. Stops on drop.
+pub struct UdpRelay {
+    /// Where the client sends.
+    pub addr: SocketAddr,
+    impairment: Arc<Impairment>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl UdpRelay {
+    /// Listens on `listen` (port 0: any) and forwards to `server`.
+    pub fn start(listen: SocketAddr, server: SocketAddr) -> anyhow::Result<UdpRelay> {
+        let front = UdpSocket::bind(listen).context("relay front socket")?;
+        let back = UdpSocket::bind(SocketAddr::new(listen.ip(), 0)).context("relay back socket")?;
+        back.connect(server)?;
+        for s in [&front, &back] {
+            s.set_read_timeout(Some(Duration::from_millis(100)))?;
+        }
+        let addr = front.local_addr()?;
+        let impairment = Arc::new(Impairment::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let client: Arc<Mutex<Option<SocketAddr>>> = Arc::new(Mutex::new(None));
+        let (front, back) = (Arc::new(front), Arc::new(back));
+        let mut threads = Vec::new();
+
+        // One delay line per direction: packets leave in arrival order once their time comes.
+        let (to_server, up_rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+        let (to_client, down_rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+        {
+            let (back, stop) = (back.clone(), stop.clone());
+            threads.push(std::thread::spawn(move || delay_line(up_rx, &stop, |p| back.send(p).map(|_| ()))));
+        }
+        {
+            let (front, stop, client) = (front.clone(), stop.clone(), client.clone());
+            threads.push(std::thread::spawn(move || {
+                delay_line(down_rx, &stop, |p| match *client.lock().unwrap_or_else(|e| e.into_inner()) {
+                    Some(to) => front.send_to(p, to).map(|_| ()),
+                    None => Ok(()),
+                })
+            }));
+        }
+        {
+            let (front, stop, imp, client) = (front.clone(), stop.clone(), impairment.clone(), client.clone());
+            threads.push(std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((n, from)) = front.recv_from(&mut buf) else { continue };
+                    *client.lock().unwrap_or_else(|e| e.into_inner()) = Some(from);
+                    if let Some(due) = imp.admit() {
+                        let _ = to_server.send((due, buf[..n].to_vec()));
+                    }
+                }
+            }));
+        }
+        {
+            let (back, stop, imp) = (back.clone(), stop.clone(), impairment.clone());
+            threads.push(std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(n) = back.recv(&mut buf) else { continue };
+                    if let Some(due) = imp.admit() {
+                        let _ = to_client.send((due, buf[..n].to_vec()));
+                    }
+                }
+            }));
+        }
+        Ok(UdpRelay { addr, impairment, stop, threads })
+    }
+
+    /// Drops `loss_pct` percent of the packets and delays the rest by `delay`, each way.
+    pub fn impair(&self, loss_pct: f64, delay: Duration) {
+        self.impairment.loss_ppm.store((loss_pct * 10_000.0) as u32, Ordering::Relaxed);
+        self.impairment.delay_ms.store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Passes everything at once again.
+    pub fn clear(&self) {
+        self.impair(0.0, Duration::ZERO);
+    }
+}
+
+impl Impairment {
+    /// `None`: this packet is lost; else when it may leave.
+    fn admit(&self) -> Option<Instant> {
+        let loss = self.loss_ppm.load(Ordering::Relaxed);
+        if loss > 0 && rand::random_range(0..1_000_000u32) < loss {
+            return None;
+        }
+        Some(Instant::now() + Duration::from_millis(self.delay_ms.load(Ordering::Relaxed)))
+    }
+}
+
+fn delay_line(rx: mpsc::Receiver<(Instant, Vec<u8>)>, stop: &AtomicBool, send: impl Fn(&[u8]) -> std::io::Result<()>) {
+    while !stop.load(Ordering::Relaxed) {
+        let Ok((due, packet)) = rx.recv_timeout(Duration::from_millis(100)) else { continue };
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        // A send error is a lost packet, as on a real link.
+        let _ = send(&packet);
+    }
+}
+
+impl Drop for UdpRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, LazyLock};
 
 use common::model::Batch;
 use datafusion::arrow::array::{
-    ArrayRef, DictionaryArray, Float64Array, Int32Array, StringArray, TimestampMillisecondArray,
+    ArrayRef, DictionaryArray, Float64Array, Int32Array, Int64Array, StringArray, TimestampMillisecondArray,
     UInt64Array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef, TimeUnit};
@@ -22,11 +22,15 @@ pub enum Table {
     Events,
     /// Anomalies detected on the nodes (events of kind `anomaly`, with their fields as columns).
     Anomalies,
+    /// Process lifecycle from eBPF (`process.exec`, `process.exit`, `oom.kill` events).
+    ProcessEvents,
+    /// TCP connections from eBPF (`tcp.connect`, `tcp.close` events).
+    TcpConnections,
 }
 
 impl Table {
     /// Every stored table.
-    pub const ALL: [Table; 3] = [Table::Samples, Table::Events, Table::Anomalies];
+    pub const ALL: [Table; 5] = [Table::Samples, Table::Events, Table::Anomalies, Table::ProcessEvents, Table::TcpConnections];
 
     /// SQL name, also the directory name under `tables/`.
     pub fn name(self) -> &'static str {
@@ -34,6 +38,8 @@ impl Table {
             Table::Samples => "samples",
             Table::Events => "events",
             Table::Anomalies => "anomalies",
+            Table::ProcessEvents => "process_events",
+            Table::TcpConnections => "tcp_connections",
         }
     }
 
@@ -47,7 +53,9 @@ impl Table {
         match self {
             Table::Samples => SAMPLES.clone(),
             Table::Events => EVENTS.clone(),
-            Table::Anomalies => ANOMALIES.clone(),
+            Table::Anomalies | Table::ProcessEvents | Table::TcpConnections => {
+                event_table(self).map(|t| t.schema.clone()).unwrap_or_else(|| EVENTS.clone())
+            }
         }
     }
 }
@@ -83,24 +91,6 @@ static EVENTS: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
-static ANOMALIES: LazyLock<SchemaRef> = LazyLock::new(|| {
-    Arc::new(Schema::new(vec![
-        Field::new("ts", ts_type(), false),
-        Field::new("node", DataType::Utf8, false),
-        Field::new("entity", DataType::Utf8, false),
-        Field::new("metric", DataType::Utf8, false),
-        Field::new("labels", DataType::Utf8, false),
-        Field::new("score", DataType::Float64, false),
-        Field::new("value", DataType::Float64, true),
-        Field::new("expected", DataType::Float64, true),
-        Field::new("lower", DataType::Float64, true),
-        Field::new("upper", DataType::Float64, true),
-        Field::new("detector", DataType::Utf8, false),
-        Field::new("severity", DataType::Utf8, false),
-        Field::new("explanation", DataType::Utf8, false),
-    ]))
-});
-
 /// Event kind that carries an anomaly; its attrs are the `anomalies` columns.
 pub const ANOMALY_KIND: &str = "anomaly";
 
@@ -126,8 +116,8 @@ pub struct DecodedBatch {
     pub samples: Option<RecordBatch>,
     /// Rows for `events` (absent when the batch had none).
     pub events: Option<RecordBatch>,
-    /// Rows for `anomalies` (absent when the batch had none).
-    pub anomalies: Option<RecordBatch>,
+    /// Rows for the event-derived tables (`anomalies`, `process_events`, ...).
+    pub derived: Vec<(Table, RecordBatch)>,
     /// Sample count.
     pub n_samples: usize,
 }
@@ -194,35 +184,151 @@ pub fn to_arrow(node: &str, batch: &Batch) -> Result<DecodedBatch, ArrowError> {
         ];
         Some(RecordBatch::try_new(EVENTS.clone(), columns)?)
     };
-    let anomalies = anomalies_batch(node, &batch.events)?;
-    Ok(DecodedBatch { samples, events, anomalies, n_samples })
+    let mut derived = Vec::new();
+    for def in EVENT_TABLES.iter() {
+        if let Some(rb) = event_rows(def, node, &batch.events)? {
+            derived.push((def.table, rb));
+        }
+    }
+    Ok(DecodedBatch { samples, events, derived, n_samples })
 }
 
-fn anomalies_batch(node: &str, events: &[common::model::Event]) -> Result<Option<RecordBatch>, ArrowError> {
-    let rows: Vec<&common::model::Event> = events.iter().filter(|e| e.kind == ANOMALY_KIND).collect();
+/// Where a column of an event-derived table comes from.
+#[derive(Clone, Copy, Debug)]
+enum Source {
+    /// An attribute, as text.
+    Text(&'static str),
+    /// An attribute, as an integer (absent or unparsable: null).
+    Int(&'static str),
+    /// An attribute, as a float (absent or unparsable: null).
+    Float(&'static str),
+    /// The event's kind.
+    Kind,
+    /// The event's severity.
+    Severity,
+    /// The event's message.
+    Message,
+}
+
+/// A table made of the events of some kinds, their attributes spread into columns.
+/// Every such table starts with `ts, node, entity`.
+pub struct EventTable {
+    /// Which table.
+    pub table: Table,
+    /// Event kinds that land in it.
+    pub kinds: &'static [&'static str],
+    columns: Vec<(&'static str, Source)>,
+    schema: SchemaRef,
+}
+
+fn event_table_def(table: Table, kinds: &'static [&'static str], columns: Vec<(&'static str, Source)>) -> EventTable {
+    let mut fields = vec![
+        Field::new("ts", ts_type(), false),
+        Field::new("node", DataType::Utf8, false),
+        Field::new("entity", DataType::Utf8, false),
+    ];
+    for (name, src) in &columns {
+        fields.push(match src {
+            Source::Text(_) => Field::new(*name, DataType::Utf8, true),
+            Source::Int(_) => Field::new(*name, DataType::Int64, true),
+            Source::Float(_) => Field::new(*name, DataType::Float64, true),
+            Source::Kind | Source::Severity | Source::Message => Field::new(*name, DataType::Utf8, false),
+        });
+    }
+    EventTable { table, kinds, columns, schema: Arc::new(Schema::new(fields)) }
+}
+
+static EVENT_TABLES: LazyLock<Vec<EventTable>> = LazyLock::new(|| {
+    use Source::*;
+    let attribution = [("cgroup", Text("cgroup")), ("pod_uid", Text("pod_uid")), ("container_id", Text("container_id")), ("runtime", Text("runtime"))];
+    let mut process = vec![
+        ("kind", Kind),
+        ("pid", Int("pid")),
+        ("ppid", Int("ppid")),
+        ("uid", Int("uid")),
+        ("comm", Text("comm")),
+        ("filename", Text("filename")),
+        ("exit_code", Int("exit_code")),
+        ("signal", Int("signal")),
+        ("core_dumped", Text("core_dumped")),
+        ("lifetime_ms", Int("lifetime_ms")),
+        ("trigger_pid", Int("trigger_pid")),
+        ("trigger_comm", Text("trigger_comm")),
+    ];
+    process.extend(attribution);
+    process.extend([("severity", Severity), ("message", Message)]);
+    let mut tcp = vec![
+        ("kind", Kind),
+        ("pid", Int("pid")),
+        ("comm", Text("comm")),
+        ("saddr", Text("saddr")),
+        ("sport", Int("sport")),
+        ("daddr", Text("daddr")),
+        ("dport", Int("dport")),
+        ("direction", Text("direction")),
+        ("result", Text("result")),
+        ("connect_latency_us", Int("latency_us")),
+        ("duration_ms", Int("duration_ms")),
+        ("bytes_sent", Int("bytes_sent")),
+        ("bytes_received", Int("bytes_received")),
+        ("retransmits", Int("retransmits")),
+        ("reset", Text("reset")),
+        ("srtt_us", Int("srtt_us")),
+    ];
+    tcp.extend(attribution);
+    tcp.extend([("severity", Severity), ("message", Message)]);
+    vec![
+        event_table_def(
+            Table::Anomalies,
+            &[ANOMALY_KIND],
+            vec![
+                ("metric", Text("metric")),
+                ("labels", Text("labels")),
+                ("score", Float("score")),
+                ("value", Float("value")),
+                ("expected", Float("expected")),
+                ("lower", Float("lower")),
+                ("upper", Float("upper")),
+                ("detector", Text("detector")),
+                ("severity", Severity),
+                ("explanation", Message),
+            ],
+        ),
+        event_table_def(Table::ProcessEvents, &["process.exec", "process.exit", "oom.kill"], process),
+        event_table_def(Table::TcpConnections, &["tcp.connect", "tcp.close"], tcp),
+    ]
+});
+
+/// The definition of an event-derived table.
+pub fn event_table(table: Table) -> Option<&'static EventTable> {
+    EVENT_TABLES.iter().find(|t| t.table == table)
+}
+
+fn event_rows(def: &EventTable, node: &str, events: &[common::model::Event]) -> Result<Option<RecordBatch>, ArrowError> {
+    let rows: Vec<&common::model::Event> = events.iter().filter(|e| def.kinds.contains(&e.kind.as_str())).collect();
     if rows.is_empty() {
         return Ok(None);
     }
     let attr = |e: &common::model::Event, k: &str| -> Option<String> {
         e.attrs.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone())
     };
-    let num = |e: &common::model::Event, k: &str| attr(e, k).and_then(|v| v.parse::<f64>().ok());
-    let columns: Vec<ArrayRef> = vec![
+    let mut columns: Vec<ArrayRef> = vec![
         Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|e| e.ts_ms)).with_timezone("UTC")),
         Arc::new(StringArray::from(vec![node; rows.len()])),
         Arc::new(StringArray::from_iter_values(rows.iter().map(|e| e.entity.as_str()))),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|e| attr(e, "metric").unwrap_or_default()))),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|e| attr(e, "labels").unwrap_or_default()))),
-        Arc::new(Float64Array::from_iter_values(rows.iter().map(|e| num(e, "score").unwrap_or(0.0).clamp(0.0, 1.0)))),
-        Arc::new(Float64Array::from_iter(rows.iter().map(|e| num(e, "value")))),
-        Arc::new(Float64Array::from_iter(rows.iter().map(|e| num(e, "expected")))),
-        Arc::new(Float64Array::from_iter(rows.iter().map(|e| num(e, "lower")))),
-        Arc::new(Float64Array::from_iter(rows.iter().map(|e| num(e, "upper")))),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|e| attr(e, "detector").unwrap_or_default()))),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|e| e.severity.as_str()))),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|e| e.message.as_str()))),
     ];
-    Ok(Some(RecordBatch::try_new(ANOMALIES.clone(), columns)?))
+    for (_, src) in &def.columns {
+        let col: ArrayRef = match src {
+            Source::Text(k) => Arc::new(StringArray::from_iter(rows.iter().map(|e| attr(e, k)))),
+            Source::Int(k) => Arc::new(Int64Array::from_iter(rows.iter().map(|e| attr(e, k).and_then(|v| v.parse::<i64>().ok())))),
+            Source::Float(k) => Arc::new(Float64Array::from_iter(rows.iter().map(|e| attr(e, k).and_then(|v| v.parse::<f64>().ok())))),
+            Source::Kind => Arc::new(StringArray::from_iter_values(rows.iter().map(|e| e.kind.as_str()))),
+            Source::Severity => Arc::new(StringArray::from_iter_values(rows.iter().map(|e| e.severity.as_str()))),
+            Source::Message => Arc::new(StringArray::from_iter_values(rows.iter().map(|e| e.message.as_str()))),
+        };
+        columns.push(col);
+    }
+    Ok(Some(RecordBatch::try_new(def.schema.clone(), columns)?))
 }
 
 /// Builds the `nodes` table rows.
@@ -272,5 +378,40 @@ mod tests {
         assert_eq!(values.value(labels.keys().value(2) as usize), "comm=sh");
         assert_eq!(labels.keys().value(0), 0);
         assert!(rb.column(5).null_count() == 0);
+    }
+
+    #[test]
+    fn ebpf_and_anomaly_events_fill_their_own_tables() {
+        use common::model::{Event, Severity};
+        let ev = |kind: &str, attrs: &[(&str, &str)]| Event {
+            ts_ms: 5,
+            entity: "process/42".into(),
+            kind: kind.into(),
+            severity: Severity::Info,
+            message: "m".into(),
+            attrs: attrs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        let batch = Batch {
+            series: vec![],
+            events: vec![
+                ev("process.exec", &[("comm", "true"), ("pid", "42"), ("ppid", "7"), ("pod_uid", "abc")]),
+                ev("tcp.close", &[("daddr", "10.0.0.1"), ("dport", "443"), ("bytes_sent", "1000"), ("pid", "42")]),
+                ev("anomaly", &[("metric", "cpu.usage_pct"), ("score", "0.9"), ("value", "97")]),
+                ev("agent.started", &[]),
+            ],
+        };
+        let decoded = to_arrow("n1", &batch).unwrap();
+        assert_eq!(decoded.events.unwrap().num_rows(), 4);
+        let tables: Vec<Table> = decoded.derived.iter().map(|(t, _)| *t).collect();
+        assert_eq!(tables, vec![Table::Anomalies, Table::ProcessEvents, Table::TcpConnections]);
+        let proc_rb = &decoded.derived[1].1;
+        assert_eq!(proc_rb.schema(), Table::ProcessEvents.schema());
+        let ppid = proc_rb.column_by_name("ppid").unwrap().as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!(ppid.value(0), 7);
+        let exit = proc_rb.column_by_name("exit_code").unwrap();
+        assert!(exit.is_null(0));
+        let tcp = &decoded.derived[2].1;
+        let dport = tcp.column_by_name("dport").unwrap().as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!(dport.value(0), 443);
     }
 }

@@ -195,8 +195,8 @@ impl StoreState {
                 if let Some(rb) = decoded.events {
                     self.hot.push(Table::Events, rb);
                 }
-                if let Some(rb) = decoded.anomalies {
-                    self.hot.push(Table::Anomalies, rb);
+                for (table, rb) in decoded.derived {
+                    self.hot.push(table, rb);
                 }
                 Applied::Stored { samples: decoded.n_samples }
             }

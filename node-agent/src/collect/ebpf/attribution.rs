@@ -193,10 +193,7 @@ pub fn v2_root(cgroup_root: &Path) -> Option<PathBuf> {
         return Some(cgroup_root.to_path_buf());
     }
     let unified = cgroup_root.join("unified");
-    unified
-        .join("cgroup.procs")
-        .exists()
-        .then_some(unified)
+    unified.join("cgroup.procs").exists().then_some(unified)
 }
 
 /// A resolved cgroup: its path relative to the v2 root (`""` for the root) and owner.
@@ -313,7 +310,13 @@ mod tests {
     const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     const UID: &str = "1b4e28ba-2fa1-11d2-883f-0016d3cca427";
 
-    fn check(path: &str, pod: Option<&str>, id: Option<&str>, runtime: Option<&str>, qos: Option<&str>) {
+    fn check(
+        path: &str,
+        pod: Option<&str>,
+        id: Option<&str>,
+        runtime: Option<&str>,
+        qos: Option<&str>,
+    ) {
         let a = attribute(path);
         assert_eq!(a.pod_uid.as_deref(), pod, "pod_uid of {path}");
         assert_eq!(a.container_id.as_deref(), id, "container_id of {path}");
@@ -325,7 +328,9 @@ mod tests {
     fn kubelet_systemd_driver_containerd() {
         let uid_ = UID.replace('-', "_");
         check(
-            &format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice/cri-containerd-{ID}.scope"),
+            &format!(
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice/cri-containerd-{ID}.scope"
+            ),
             Some(UID),
             Some(ID),
             Some("containerd"),
@@ -341,7 +346,9 @@ mod tests {
         );
         // The pod's own cgroup (no container yet) still names the pod.
         check(
-            &format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_}.slice"),
+            &format!(
+                "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_}.slice"
+            ),
             Some(UID),
             None,
             None,
@@ -353,7 +360,9 @@ mod tests {
     fn kubelet_systemd_driver_crio() {
         let uid_ = UID.replace('-', "_");
         check(
-            &format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_}.slice/crio-{ID}.scope"),
+            &format!(
+                "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_}.slice/crio-{ID}.scope"
+            ),
             Some(UID),
             Some(ID),
             Some("cri-o"),
@@ -386,7 +395,10 @@ mod tests {
         );
         // v1 controller prefix and kubelet nested in a kind node's cgroup.
         check(
-            &format!("memory/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{}.slice/cri-containerd-{ID}.scope", UID.replace('-', "_")),
+            &format!(
+                "memory/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{}.slice/cri-containerd-{ID}.scope",
+                UID.replace('-', "_")
+            ),
             Some(UID),
             Some(ID),
             Some("containerd"),
@@ -396,9 +408,27 @@ mod tests {
 
     #[test]
     fn docker_and_podman_without_kubernetes() {
-        check(&format!("/system.slice/docker-{ID}.scope"), None, Some(ID), Some("docker"), None);
-        check(&format!("/docker/{ID}"), None, Some(ID), Some("docker"), None);
-        check(&format!("/machine.slice/libpod-{ID}.scope"), None, Some(ID), Some("podman"), None);
+        check(
+            &format!("/system.slice/docker-{ID}.scope"),
+            None,
+            Some(ID),
+            Some("docker"),
+            None,
+        );
+        check(
+            &format!("/docker/{ID}"),
+            None,
+            Some(ID),
+            Some("docker"),
+            None,
+        );
+        check(
+            &format!("/machine.slice/libpod-{ID}.scope"),
+            None,
+            Some(ID),
+            Some("podman"),
+            None,
+        );
         check(
             &format!("/system.slice/cri-containerd-{}.scope", &ID[..12]),
             None,
@@ -421,7 +451,13 @@ mod tests {
         // A hex-looking directory outside any runtime's layout is not a container.
         check(&format!("/mygroup/{ID}"), None, None, None, None);
         // A malformed pod UID is not a pod.
-        check("/kubepods/burstable/podnot-a-uid/abc", None, None, None, None);
+        check(
+            "/kubepods/burstable/podnot-a-uid/abc",
+            None,
+            None,
+            None,
+            None,
+        );
     }
 
     #[test]
@@ -440,7 +476,10 @@ mod tests {
             "12:pids:/kubepods/pod{UID}/{ID}\n11:memory:/kubepods/burstable/pod{UID}/{ID}\n\
              1:name=systemd:/system.slice/x.service\n0::/\n"
         );
-        assert_eq!(pick_v1_path(&text), Some(format!("/kubepods/burstable/pod{UID}/{ID}").as_str()));
+        assert_eq!(
+            pick_v1_path(&text),
+            Some(format!("/kubepods/burstable/pod{UID}/{ID}").as_str())
+        );
         assert_eq!(pick_v1_path("0::/\n1:name=systemd:/\n"), None);
         assert_eq!(pick_v1_path("0::/user.slice\n"), Some("/user.slice"));
         assert_eq!(pick_v1_path("garbage\n"), None);

@@ -98,7 +98,9 @@ impl Btf {
     /// arm64).
     pub fn parse(data: &[u8]) -> Result<Btf, BtfError> {
         if u16_at(data, 0)? != MAGIC {
-            return Err(BtfError::Malformed("bad magic (not little-endian BTF)".into()));
+            return Err(BtfError::Malformed(
+                "bad magic (not little-endian BTF)".into(),
+            ));
         }
         let hdr_len = u32_at(data, 4)? as usize;
         let type_off = u32_at(data, 8)? as usize;
@@ -136,8 +138,8 @@ impl Btf {
             let mut members = Vec::new();
             match kind {
                 KIND_INT | KIND_VAR | KIND_DECL_TAG => at += 4,
-                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST
-                | KIND_RESTRICT | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => {}
+                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
+                | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => {}
                 KIND_ARRAY => {
                     let elem = u32_at(type_data, at)?;
                     let nelems = u32_at(type_data, at + 8)?;
@@ -408,12 +410,39 @@ mod tests {
     #[test]
     fn finds_members_through_anonymous_structs_and_paths() {
         let btf = Btf::parse(&sample()).unwrap();
-        assert_eq!(btf.member("outer", "x").unwrap(), MemberInfo { offset: 0, size: 4 });
-        assert_eq!(btf.member("outer", "a").unwrap(), MemberInfo { offset: 8, size: 4 });
-        assert_eq!(btf.member("outer", "b").unwrap(), MemberInfo { offset: 16, size: 8 });
-        assert_eq!(btf.member("outer", "name").unwrap(), MemberInfo { offset: 24, size: 16 });
-        assert_eq!(btf.member("outer", "next").unwrap(), MemberInfo { offset: 32, size: 8 });
-        assert_eq!(btf.member("bits", "whole").unwrap(), MemberInfo { offset: 4, size: 4 });
+        assert_eq!(
+            btf.member("outer", "x").unwrap(),
+            MemberInfo { offset: 0, size: 4 }
+        );
+        assert_eq!(
+            btf.member("outer", "a").unwrap(),
+            MemberInfo { offset: 8, size: 4 }
+        );
+        assert_eq!(
+            btf.member("outer", "b").unwrap(),
+            MemberInfo {
+                offset: 16,
+                size: 8
+            }
+        );
+        assert_eq!(
+            btf.member("outer", "name").unwrap(),
+            MemberInfo {
+                offset: 24,
+                size: 16
+            }
+        );
+        assert_eq!(
+            btf.member("outer", "next").unwrap(),
+            MemberInfo {
+                offset: 32,
+                size: 8
+            }
+        );
+        assert_eq!(
+            btf.member("bits", "whole").unwrap(),
+            MemberInfo { offset: 4, size: 4 }
+        );
         assert!(btf.has_tracepoint("thing"));
         assert!(!btf.has_tracepoint("other"));
     }
@@ -421,10 +450,22 @@ mod tests {
     #[test]
     fn missing_and_bitfield_members_are_errors() {
         let btf = Btf::parse(&sample()).unwrap();
-        assert_eq!(btf.member("nope", "x"), Err(BtfError::NoStruct("nope".into())));
-        assert_eq!(btf.member("outer", "y"), Err(BtfError::NoMember("outer.y".into())));
-        assert_eq!(btf.member("outer", "x.z"), Err(BtfError::NoMember("outer.x.z".into())));
-        assert_eq!(btf.member("bits", "flag"), Err(BtfError::Bitfield("bits.flag".into())));
+        assert_eq!(
+            btf.member("nope", "x"),
+            Err(BtfError::NoStruct("nope".into()))
+        );
+        assert_eq!(
+            btf.member("outer", "y"),
+            Err(BtfError::NoMember("outer.y".into()))
+        );
+        assert_eq!(
+            btf.member("outer", "x.z"),
+            Err(BtfError::NoMember("outer.x.z".into()))
+        );
+        assert_eq!(
+            btf.member("bits", "flag"),
+            Err(BtfError::Bitfield("bits.flag".into()))
+        );
     }
 
     #[test]
@@ -451,7 +492,10 @@ mod tests {
         let tgid = btf.member("task_struct", "tgid").unwrap();
         assert_eq!(tgid.size, 4);
         assert_eq!(btf.member("task_struct", "comm").unwrap().size, 16);
-        assert_eq!(btf.member("sock", "__sk_common.skc_family").unwrap().size, 2);
+        assert_eq!(
+            btf.member("sock", "__sk_common.skc_family").unwrap().size,
+            2
+        );
         assert_eq!(btf.member("sock", "__sk_common.skc_daddr").unwrap().size, 4);
         assert_eq!(btf.member("kernfs_node", "id").unwrap().size, 8);
         assert!(btf.has_tracepoint("sched_process_exec"));

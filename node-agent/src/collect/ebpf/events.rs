@@ -174,11 +174,16 @@ pub fn to_event(rec: &Record, ts_ms: i64, cgroup: Option<&CgroupInfo>) -> Event 
                 let code = (e.exit_code >> 8) & 0xff;
                 add("exit_code", code.to_string());
                 (
-                    format!("pid {} ({comm}) exited with code {code} after {lifetime_ms} ms", e.pid),
+                    format!(
+                        "pid {} ({comm}) exited with code {code} after {lifetime_ms} ms",
+                        e.pid
+                    ),
                     Severity::Info,
                 )
             } else {
-                let name = signal_name(sig).map(str::to_string).unwrap_or_else(|| format!("signal {sig}"));
+                let name = signal_name(sig)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("signal {sig}"));
                 add("signal", sig.to_string());
                 if core {
                     add("core_dumped", "true".to_string());
@@ -191,7 +196,10 @@ pub fn to_event(rec: &Record, ts_ms: i64, cgroup: Option<&CgroupInfo>) -> Event 
                 };
                 let dumped = if core { " (core dumped)" } else { "" };
                 (
-                    format!("pid {} ({comm}) killed by {name}{dumped} after {lifetime_ms} ms", e.pid),
+                    format!(
+                        "pid {} ({comm}) killed by {name}{dumped} after {lifetime_ms} ms",
+                        e.pid
+                    ),
                     severity,
                 )
             };
@@ -313,7 +321,10 @@ mod tests {
     }
 
     fn attr<'a>(ev: &'a Event, key: &str) -> Option<&'a str> {
-        ev.attrs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        ev.attrs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     #[test]
@@ -347,7 +358,10 @@ mod tests {
         assert_eq!(attr(&ev, "ppid"), Some("7"));
         assert_eq!(attr(&ev, "container_id"), Some(id));
         assert_eq!(attr(&ev, "runtime"), Some("docker"));
-        assert!(ev.attrs.windows(2).all(|w| w[0].0 <= w[1].0), "attrs sorted");
+        assert!(
+            ev.attrs.windows(2).all(|w| w[0].0 <= w[1].0),
+            "attrs sorted"
+        );
     }
 
     #[test]

@@ -15,11 +15,7 @@ pub fn delta(cur: &Log2Hist, prev: Option<&Log2Hist>) -> Log2Hist {
         return *cur;
     };
     let mut res = Log2Hist::ZERO;
-    let recreated = cur
-        .slots
-        .iter()
-        .zip(&prev.slots)
-        .any(|(c, p)| c < p);
+    let recreated = cur.slots.iter().zip(&prev.slots).any(|(c, p)| c < p);
     if recreated {
         return *cur;
     }

@@ -70,7 +70,12 @@ struct ProgramSpec {
 
 /// A struct member the programs read: (struct, path, where it goes, byte size wanted).
 /// A size of 0 accepts any size.
-type Field = (&'static str, &'static str, fn(&mut KernelOffsets) -> &mut u32, u32);
+type Field = (
+    &'static str,
+    &'static str,
+    fn(&mut KernelOffsets) -> &mut u32,
+    u32,
+);
 
 const TASK_TGID: Field = ("task_struct", "tgid", |o| &mut o.task_tgid, 4);
 const TASK_PID: Field = ("task_struct", "pid", |o| &mut o.task_pid, 4);
@@ -86,7 +91,12 @@ const BPRM_FILENAME: Field = ("linux_binprm", "filename", |o| &mut o.binprm_file
 const SK_FAMILY: Field = ("sock", "__sk_common.skc_family", |o| &mut o.sk_family, 2);
 const SK_SPORT: Field = ("inet_sock", "inet_sport", |o| &mut o.sk_sport, 2);
 const SK_DPORT: Field = ("sock", "__sk_common.skc_dport", |o| &mut o.sk_dport, 2);
-const SK_SADDR: Field = ("sock", "__sk_common.skc_rcv_saddr", |o| &mut o.sk_rcv_saddr, 4);
+const SK_SADDR: Field = (
+    "sock",
+    "__sk_common.skc_rcv_saddr",
+    |o| &mut o.sk_rcv_saddr,
+    4,
+);
 const SK_DADDR: Field = ("sock", "__sk_common.skc_daddr", |o| &mut o.sk_daddr, 4);
 const SK_V6_SADDR: Field = (
     "sock",
@@ -94,9 +104,19 @@ const SK_V6_SADDR: Field = (
     |o| &mut o.sk_v6_rcv_saddr,
     16,
 );
-const SK_V6_DADDR: Field = ("sock", "__sk_common.skc_v6_daddr", |o| &mut o.sk_v6_daddr, 16);
+const SK_V6_DADDR: Field = (
+    "sock",
+    "__sk_common.skc_v6_daddr",
+    |o| &mut o.sk_v6_daddr,
+    16,
+);
 const SK_PROTOCOL: Field = ("sock", "sk_protocol", |o| &mut o.sk_protocol, 2);
-const TCP_RX: Field = ("tcp_sock", "bytes_received", |o| &mut o.tcp_bytes_received, 8);
+const TCP_RX: Field = (
+    "tcp_sock",
+    "bytes_received",
+    |o| &mut o.tcp_bytes_received,
+    8,
+);
 const TCP_ACKED: Field = ("tcp_sock", "bytes_acked", |o| &mut o.tcp_bytes_acked, 8);
 const TCP_RETRANS: Field = ("tcp_sock", "total_retrans", |o| &mut o.tcp_total_retrans, 4);
 const TCP_SRTT: Field = ("tcp_sock", "srtt_us", |o| &mut o.tcp_srtt_us, 4);
@@ -108,8 +128,18 @@ const DISK_MINOR: Field = ("gendisk", "first_minor", |o| &mut o.disk_first_minor
 
 const CGROUP_CHAIN: [Field; 4] = [TASK_CGROUPS, CSS_DFL, CGROUP_KN, KN_ID];
 const TCP_FIELDS: &[Field] = &[
-    SK_PROTOCOL, SK_FAMILY, SK_SPORT, SK_DPORT, SK_SADDR, SK_DADDR, SK_V6_SADDR, SK_V6_DADDR,
-    TCP_RX, TCP_ACKED, TCP_RETRANS, TCP_SRTT,
+    SK_PROTOCOL,
+    SK_FAMILY,
+    SK_SPORT,
+    SK_DPORT,
+    SK_SADDR,
+    SK_DADDR,
+    SK_V6_SADDR,
+    SK_V6_DADDR,
+    TCP_RX,
+    TCP_ACKED,
+    TCP_RETRANS,
+    TCP_SRTT,
 ];
 
 const PROGRAMS: &[ProgramSpec] = &[
@@ -129,7 +159,14 @@ const PROGRAMS: &[ProgramSpec] = &[
         name: "mark_victim",
         family: Family::Process,
         optional: true,
-        members: &[TASK_TGID, TASK_COMM, CGROUP_CHAIN[0], CGROUP_CHAIN[1], CGROUP_CHAIN[2], CGROUP_CHAIN[3]],
+        members: &[
+            TASK_TGID,
+            TASK_COMM,
+            CGROUP_CHAIN[0],
+            CGROUP_CHAIN[1],
+            CGROUP_CHAIN[2],
+            CGROUP_CHAIN[3],
+        ],
     },
     ProgramSpec {
         name: "inet_sock_set_state",
@@ -165,7 +202,13 @@ const PROGRAMS: &[ProgramSpec] = &[
         name: "sched_switch",
         family: Family::Runq,
         optional: false,
-        members: &[TASK_PID, CGROUP_CHAIN[0], CGROUP_CHAIN[1], CGROUP_CHAIN[2], CGROUP_CHAIN[3]],
+        members: &[
+            TASK_PID,
+            CGROUP_CHAIN[0],
+            CGROUP_CHAIN[1],
+            CGROUP_CHAIN[2],
+            CGROUP_CHAIN[3],
+        ],
     },
     ProgramSpec {
         name: "block_rq_issue",
@@ -225,7 +268,9 @@ pub enum LoadError {
     )]
     BuiltWithout,
     /// No `/sys/kernel/btf/vmlinux` (or unreadable).
-    #[error("cannot read kernel BTF {VMLINUX_BTF} ({0}): needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")]
+    #[error(
+        "cannot read kernel BTF {VMLINUX_BTF} ({0}): needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+    )]
     NoBtf(String),
     /// Map creation or object parsing failed.
     #[error("{0}")]
@@ -249,11 +294,20 @@ fn errno(err: &(dyn std::error::Error + 'static)) -> Option<i32> {
 /// A one-line cause and fix for a failed bpf() call.
 pub fn explain(err: &(dyn std::error::Error + 'static)) -> String {
     let detail = err.to_string();
-    let detail = detail.lines().next().unwrap_or("").chars().take(300).collect::<String>();
+    let detail = detail
+        .lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(300)
+        .collect::<String>();
     match errno(err) {
-        Some(libc::EPERM) | Some(libc::EACCES) => format!("permission denied ({detail}): {CAPS_HINT}"),
+        Some(libc::EPERM) | Some(libc::EACCES) => {
+            format!("permission denied ({detail}): {CAPS_HINT}")
+        }
         Some(libc::ENOSYS) => {
-            "this kernel has no eBPF (bpf() returned ENOSYS): needs CONFIG_BPF_SYSCALL=y".to_string()
+            "this kernel has no eBPF (bpf() returned ENOSYS): needs CONFIG_BPF_SYSCALL=y"
+                .to_string()
         }
         _ => detail,
     }

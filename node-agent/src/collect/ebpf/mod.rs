@@ -75,11 +75,13 @@ pub fn collectors(cfg: &CollectConfig) -> Vec<Box<dyn Collector>> {
     })
 }
 
-fn build(cfg: &CollectConfig, loaded: loader::Loaded) -> Result<Vec<Box<dyn Collector>>, LoadError> {
+fn build(
+    cfg: &CollectConfig,
+    loaded: loader::Loaded,
+) -> Result<Vec<Box<dyn Collector>>, LoadError> {
     let loader::Loaded { mut ebpf, families } = loaded;
-    let map_err = |name: &str, e: &dyn std::fmt::Display| {
-        LoadError::Object(format!("eBPF map {name}: {e}"))
-    };
+    let map_err =
+        |name: &str, e: &dyn std::fmt::Display| LoadError::Object(format!("eBPF map {name}: {e}"));
     let take = |ebpf: &mut Ebpf, name: &str| {
         ebpf.take_map(name)
             .ok_or_else(|| LoadError::Object(format!("eBPF map {name} missing from the object")))
@@ -125,8 +127,13 @@ fn build(cfg: &CollectConfig, loaded: loader::Loaded) -> Result<Vec<Box<dyn Coll
         };
         let collector: Box<dyn Collector> = match family {
             Family::Process | Family::Tcp => {
-                let map = if family == Family::Process { "PROC_EVENTS" } else { "TCP_EVENTS" };
-                let ring = RingBuf::try_from(take(&mut ebpf, map)?).map_err(|e| map_err(map, &e))?;
+                let map = if family == Family::Process {
+                    "PROC_EVENTS"
+                } else {
+                    "TCP_EVENTS"
+                };
+                let ring =
+                    RingBuf::try_from(take(&mut ebpf, map)?).map_err(|e| map_err(map, &e))?;
                 Box::new(EventsCollector {
                     base,
                     ring,
@@ -134,8 +141,9 @@ fn build(cfg: &CollectConfig, loaded: loader::Loaded) -> Result<Vec<Box<dyn Coll
                 })
             }
             Family::Runq => {
-                let map = BpfHashMap::<MapData, u64, Log2Hist>::try_from(take(&mut ebpf, "RUNQ_HIST")?)
-                    .map_err(|e| map_err("RUNQ_HIST", &e))?;
+                let map =
+                    BpfHashMap::<MapData, u64, Log2Hist>::try_from(take(&mut ebpf, "RUNQ_HIST")?)
+                        .map_err(|e| map_err("RUNQ_HIST", &e))?;
                 Box::new(RunqCollector {
                     base,
                     hists: HistState::new(map),
@@ -143,8 +151,9 @@ fn build(cfg: &CollectConfig, loaded: loader::Loaded) -> Result<Vec<Box<dyn Coll
                 })
             }
             Family::Bio => {
-                let map = BpfHashMap::<MapData, BioKey, Log2Hist>::try_from(take(&mut ebpf, "BIO_HIST")?)
-                    .map_err(|e| map_err("BIO_HIST", &e))?;
+                let map =
+                    BpfHashMap::<MapData, BioKey, Log2Hist>::try_from(take(&mut ebpf, "BIO_HIST")?)
+                        .map_err(|e| map_err("BIO_HIST", &e))?;
                 Box::new(BioCollector {
                     base,
                     hists: HistState::new(map),
@@ -221,18 +230,27 @@ impl Shared {
 
     /// Emits `ebpf.dropped_total{reason}` for `reasons` and adds the increase to
     /// [`EVENTS_DROPPED`].
-    fn report_drops(&self, reasons: &[u32], out: &mut Vec<(SeriesKey, f64)>) -> Result<(), CollectError> {
+    fn report_drops(
+        &self,
+        reasons: &[u32],
+        out: &mut Vec<(SeriesKey, f64)>,
+    ) -> Result<(), CollectError> {
         let mut d = self.drops.lock().unwrap_or_else(|e| e.into_inner());
         for &reason in reasons {
-            let values = d.map.get(&reason, 0).map_err(|e| CollectError::Unavailable {
-                what: "eBPF DROPS map",
-                detail: e.to_string(),
-            })?;
+            let values = d
+                .map
+                .get(&reason, 0)
+                .map_err(|e| CollectError::Unavailable {
+                    what: "eBPF DROPS map",
+                    detail: e.to_string(),
+                })?;
             let total: u64 = values.iter().sum();
             let name = drop_reason::NAMES[reason as usize];
             let last = &mut d.last[reason as usize];
             if total > *last {
-                EVENTS_DROPPED.with_label_values(&[name]).inc_by(total - *last);
+                EVENTS_DROPPED
+                    .with_label_values(&[name])
+                    .inc_by(total - *last);
             }
             *last = total;
             out.push((
@@ -263,7 +281,11 @@ impl Collector for Disabled {
         self.name
     }
 
-    fn collect(&mut self, _mono: Instant, _out: &mut Vec<(SeriesKey, f64)>) -> Result<(), CollectError> {
+    fn collect(
+        &mut self,
+        _mono: Instant,
+        _out: &mut Vec<(SeriesKey, f64)>,
+    ) -> Result<(), CollectError> {
         Err(CollectError::Unavailable {
             what: "eBPF",
             detail: self.detail.clone(),
@@ -283,7 +305,11 @@ impl Collector for EventsCollector {
         self.base.name
     }
 
-    fn collect(&mut self, mono: Instant, out: &mut Vec<(SeriesKey, f64)>) -> Result<(), CollectError> {
+    fn collect(
+        &mut self,
+        mono: Instant,
+        out: &mut Vec<(SeriesKey, f64)>,
+    ) -> Result<(), CollectError> {
         let shared = &self.base.shared;
         while self.pending.len() < MAX_EVENTS_PER_TICK {
             let Some(item) = self.ring.next() else {
@@ -295,8 +321,11 @@ impl Collector for EventsCollector {
                 continue;
             };
             let cgroup = shared.cgroup(rec.cgroup_id(), rec.pid(), mono);
-            self.pending
-                .push(events::to_event(&rec, shared.wall_ms(rec.ts_ns()), cgroup.as_ref()));
+            self.pending.push(events::to_event(
+                &rec,
+                shared.wall_ms(rec.ts_ns()),
+                cgroup.as_ref(),
+            ));
         }
         shared.report_drops(&self.base.drop_reasons, out)
     }
@@ -358,7 +387,9 @@ impl<K: aya::Pod + Eq + std::hash::Hash> HistState<K> {
             let _ = self.map.remove(&key);
             self.prev.remove(&key);
         }
-        let dt = self.last_mono.map(|t| mono.saturating_duration_since(t).as_secs_f64());
+        let dt = self
+            .last_mono
+            .map(|t| mono.saturating_duration_since(t).as_secs_f64());
         self.last_mono = Some(mono);
         match dt {
             Some(dt) if dt > 0.0 => Ok((res, Some(dt))),
@@ -382,7 +413,10 @@ fn emit_summary(
     out.push((with(format!("{prefix}_p50_us")), s.p50_us));
     out.push((with(format!("{prefix}_p99_us")), s.p99_us));
     out.push((with(format!("{prefix}_mean_us")), s.mean_us));
-    out.push((with(rate_metric.to_string()), super::round2(s.count as f64 / dt)));
+    out.push((
+        with(rate_metric.to_string()),
+        super::round2(s.count as f64 / dt),
+    ));
 }
 
 /// Run-queue latency per cgroup (`ebpf_runq`).
@@ -397,7 +431,11 @@ impl Collector for RunqCollector {
         self.base.name
     }
 
-    fn collect(&mut self, mono: Instant, out: &mut Vec<(SeriesKey, f64)>) -> Result<(), CollectError> {
+    fn collect(
+        &mut self,
+        mono: Instant,
+        out: &mut Vec<(SeriesKey, f64)>,
+    ) -> Result<(), CollectError> {
         let (mut rows, dt) = self.hists.poll(mono)?;
         if let Some(dt) = dt {
             // Bounded like the cgroup collector: the busiest cgroups first.
@@ -421,7 +459,14 @@ impl Collector for RunqCollector {
                         key = key.with_label(k, v);
                     }
                 }
-                emit_summary(out, &key, "sched.runq_latency", "sched.runq_wakeups_per_s", &s, dt);
+                emit_summary(
+                    out,
+                    &key,
+                    "sched.runq_latency",
+                    "sched.runq_wakeups_per_s",
+                    &s,
+                    dt,
+                );
             }
         }
         self.base.shared.report_drops(&self.base.drop_reasons, out)
@@ -458,7 +503,11 @@ impl Collector for BioCollector {
         self.base.name
     }
 
-    fn collect(&mut self, mono: Instant, out: &mut Vec<(SeriesKey, f64)>) -> Result<(), CollectError> {
+    fn collect(
+        &mut self,
+        mono: Instant,
+        out: &mut Vec<(SeriesKey, f64)>,
+    ) -> Result<(), CollectError> {
         let (rows, dt) = self.hists.poll(mono)?;
         if let Some(dt) = dt {
             for (key, h) in rows {
@@ -472,7 +521,14 @@ impl Collector for BioCollector {
                 };
                 let series = SeriesKey::new(format!("disk/{}", self.device_name(key.dev)), "")
                     .with_label("op", op);
-                emit_summary(out, &series, "disk.io_latency", "disk.io_completed_per_s", &s, dt);
+                emit_summary(
+                    out,
+                    &series,
+                    "disk.io_latency",
+                    "disk.io_completed_per_s",
+                    &s,
+                    dt,
+                );
             }
         }
         self.base.shared.report_drops(&self.base.drop_reasons, out)

@@ -168,7 +168,11 @@ fn without_privileges_the_loader_says_what_is_missing() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     println!("child stdout:\n{stdout}\nchild stderr:\n{stderr}");
-    assert!(output.status.success(), "the unprivileged loader crashed: {}", output.status);
+    assert!(
+        output.status.success(),
+        "the unprivileged loader crashed: {}",
+        output.status
+    );
     check_verdict_text(&stdout);
 }
 
@@ -181,7 +185,10 @@ fn check_verdict_text(text: &str) {
         text.contains("CAP_BPF and CAP_PERFMON") || text.contains("ENOSYS"),
         "expected the missing-capabilities message, got: {text}"
     );
-    assert!(!text.contains("Ok(())"), "a collector loaded without privileges: {text}");
+    assert!(
+        !text.contains("Ok(())"),
+        "a collector loaded without privileges: {text}"
+    );
 }
 
 /// TCP connect/close (both ends, and a refused connect) and the latency histograms.
@@ -272,7 +279,9 @@ fn tcp_events_and_latency_histograms() {
             break;
         }
     }
-    println!("connect: {connect_ok:?}\nclose out: {close_out:?}\nclose in: {close_in:?}\nrefused: {refused:?}");
+    println!(
+        "connect: {connect_ok:?}\nclose out: {close_out:?}\nclose in: {close_in:?}\nrefused: {refused:?}"
+    );
     println!("metrics: {metrics:?}");
     let connect_ok = connect_ok.expect("tcp.connect to our listener");
     assert_eq!(attr(&connect_ok, "result"), "ok");
@@ -288,7 +297,11 @@ fn tcp_events_and_latency_histograms() {
     assert_eq!(attr(&close_in, "direction"), "in");
     let received: u64 = attr(&close_in, "bytes_received").parse().unwrap();
     assert!((1000..=1002).contains(&received), "{close_in:?}");
-    assert_eq!(attr(&close_in, "pid"), me, "owner learnt when the server closed");
+    assert_eq!(
+        attr(&close_in, "pid"),
+        me,
+        "owner learnt when the server closed"
+    );
     let refused = refused.expect("tcp.connect to a closed port");
     assert_eq!(attr(&refused, "result"), "refused");
     assert!(metrics.contains("sched.runq_latency_p99_us"), "{metrics:?}");
