@@ -12,12 +12,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 const EBPF_PACKAGE: &str = "ebpf";
-/// The aya-build toolchain (`rustup run nightly ..`).
-const TOOLCHAIN: &str = "nightly";
+/// The file naming the pinned nightly that builds the eBPF programs (`rustup run <it> ..`).
+/// Pinned because bpf-linker links with LLVM 22: a newer nightly emits LLVM 23 bitcode
+/// that it cannot read ("Invalid record"). `cargo xtask setup` installs the same one.
+const TOOLCHAIN_FILE: &str = "../ebpf/TOOLCHAIN";
 
 fn main() {
     println!("cargo:rerun-if-env-changed=SCARLET_EBPF");
     println!("cargo:rerun-if-env-changed=PATH");
+    println!("cargo:rerun-if-changed={TOOLCHAIN_FILE}");
     // Installing bpf-linker later (`cargo xtask setup`) must rebuild us: it lands here.
     if let Some(home) = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
@@ -52,7 +55,10 @@ fn main() {
 
 /// Checks the toolchain pieces, then builds the `ebpf` package with aya-build.
 fn build(object: &Path) -> Result<(), String> {
-    if let Some(missing) = missing_tool() {
+    let toolchain = std::fs::read_to_string(TOOLCHAIN_FILE)
+        .map_err(|e| format!("cannot read {TOOLCHAIN_FILE}: {e}"))?;
+    let toolchain = toolchain.trim();
+    if let Some(missing) = missing_tool(toolchain) {
         return Err(missing);
     }
     let metadata = aya_build_metadata()?;
@@ -73,7 +79,7 @@ fn build(object: &Path) -> Result<(), String> {
         root_dir: &root_dir,
         ..Default::default()
     };
-    aya_build::build_ebpf([ebpf], aya_build::Toolchain::Custom(TOOLCHAIN))
+    aya_build::build_ebpf([ebpf], aya_build::Toolchain::Custom(toolchain))
         .map_err(|e| format!("aya-build failed: {e:#}"))?;
     if !object.exists() {
         // AYA_BUILD_SKIP=1 makes aya-build return Ok without an object.
@@ -90,7 +96,7 @@ fn aya_build_metadata() -> Result<cargo_metadata::Metadata, String> {
 }
 
 /// The first missing piece of the eBPF toolchain, as a sentence, or `None`.
-fn missing_tool() -> Option<String> {
+fn missing_tool(toolchain: &str) -> Option<String> {
     let runs = |program: &str, args: &[&str]| {
         Command::new(program)
             .args(args)
@@ -106,11 +112,11 @@ fn missing_tool() -> Option<String> {
     }
     match runs(
         "rustup",
-        &["component", "list", "--toolchain", TOOLCHAIN, "--installed"],
+        &["component", "list", "--toolchain", toolchain, "--installed"],
     ) {
-        None => Some(format!("rustup or the {TOOLCHAIN} toolchain is missing")),
+        None => Some(format!("rustup or the {toolchain} toolchain is missing")),
         Some(list) if !list.lines().any(|l| l.starts_with("rust-src")) => {
-            Some(format!("rust-src is not installed for {TOOLCHAIN}"))
+            Some(format!("rust-src is not installed for {toolchain}"))
         }
         Some(_) => None,
     }

@@ -18,7 +18,8 @@ use crate::store::Store;
 
 impl QuerySource for Store {
     fn session_context(&self) -> Result<datafusion::prelude::SessionContext, QueryError> {
-        Store::session_context(self).map_err(|e| QueryError::Server(format!("cannot open the tables: {e}")))
+        Store::session_context(self)
+            .map_err(|e| QueryError::Server(format!("cannot open the tables: {e}")))
     }
 }
 
@@ -32,9 +33,14 @@ pub fn router(store: Store, metrics: Metrics, limits: QueryLimits) -> anyhow::Re
             async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body) }
         })
     };
-    let anomalies = Router::new().route("/api/v1/anomalies", get(list_anomalies)).with_state(store);
+    let anomalies = Router::new()
+        .route("/api/v1/anomalies", get(list_anomalies))
+        .with_state(store);
     Ok(Router::new()
-        .route("/healthz", get(|| async { (StatusCode::OK, "ok\n").into_response() }))
+        .route(
+            "/healthz",
+            get(|| async { (StatusCode::OK, "ok\n").into_response() }),
+        )
         .route("/metrics", metrics_route)
         .merge(sql)
         .merge(anomalies))
@@ -61,7 +67,11 @@ pub struct AnomalyParams {
 }
 
 fn bad_request(msg: impl Into<String>) -> Response {
-    (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": msg.into() }))).into_response()
+    (
+        StatusCode::BAD_REQUEST,
+        Json(serde_json::json!({ "error": msg.into() })),
+    )
+        .into_response()
 }
 
 /// Milliseconds since the epoch from RFC 3339 or a plain integer.
@@ -75,11 +85,26 @@ fn parse_time(name: &str, text: &str) -> Result<i64, String> {
 /// A small RFC 3339 parser (UTC `Z` or `±HH:MM` offsets, optional fraction).
 fn parse_rfc3339_ms(s: &str) -> Option<i64> {
     let b = s.as_bytes();
-    let num = |r: std::ops::Range<usize>| -> Option<i64> { std::str::from_utf8(b.get(r)?).ok()?.parse().ok() };
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !(b[10] == b'T' || b[10] == b' ') || b[13] != b':' || b[16] != b':' {
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        std::str::from_utf8(b.get(r)?).ok()?.parse().ok()
+    };
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !(b[10] == b'T' || b[10] == b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
-    let (y, mo, d, h, mi, sec) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
+    let (y, mo, d, h, mi, sec) = (
+        num(0..4)?,
+        num(5..7)?,
+        num(8..10)?,
+        num(11..13)?,
+        num(14..16)?,
+        num(17..19)?,
+    );
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
         return None;
     }
@@ -92,7 +117,11 @@ fn parse_rfc3339_ms(s: &str) -> Option<i64> {
             pos += 1;
         }
         let digits = std::str::from_utf8(&b[start..pos]).ok()?;
-        let padded: String = digits.chars().chain(std::iter::repeat('0')).take(3).collect();
+        let padded: String = digits
+            .chars()
+            .chain(std::iter::repeat('0'))
+            .take(3)
+            .collect();
         frac_ms = padded.parse().ok()?;
     }
     let offset_min = match b.get(pos)? {
@@ -119,12 +148,25 @@ fn sql_string(s: &str) -> String {
 }
 
 async fn list_anomalies(State(store): State<Store>, Query(p): Query<AnomalyParams>) -> Response {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
-    let since = match p.since.as_deref().map(|t| parse_time("since", t)).transpose() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let since = match p
+        .since
+        .as_deref()
+        .map(|t| parse_time("since", t))
+        .transpose()
+    {
         Ok(v) => v.unwrap_or(now - 3_600_000),
         Err(e) => return bad_request(e),
     };
-    let until = match p.until.as_deref().map(|t| parse_time("until", t)).transpose() {
+    let until = match p
+        .until
+        .as_deref()
+        .map(|t| parse_time("until", t))
+        .transpose()
+    {
         Ok(v) => v,
         Err(e) => return bad_request(e),
     };
@@ -172,15 +214,22 @@ async fn list_anomalies(State(store): State<Store>, Query(p): Query<AnomalyParam
     let parsed: serde_json::Value = serde_json::from_slice(&json).unwrap_or_default();
     let names: Vec<String> = parsed["columns"]
         .as_array()
-        .map(|c| c.iter().map(|c| c["name"].as_str().unwrap_or_default().to_string()).collect())
+        .map(|c| {
+            c.iter()
+                .map(|c| c["name"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
         .unwrap_or_default();
     let mut rows: Vec<serde_json::Value> = parsed["rows"]
         .as_array()
         .map(|rows| {
             rows.iter()
                 .map(|r| {
-                    let obj: serde_json::Map<String, serde_json::Value> =
-                        names.iter().cloned().zip(r.as_array().cloned().unwrap_or_default()).collect();
+                    let obj: serde_json::Map<String, serde_json::Value> = names
+                        .iter()
+                        .cloned()
+                        .zip(r.as_array().cloned().unwrap_or_default())
+                        .collect();
                     serde_json::Value::Object(obj)
                 })
                 .collect()
@@ -199,10 +248,22 @@ mod tests {
     #[test]
     fn rfc3339_parses_like_the_calendar() {
         assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(parse_rfc3339_ms("2026-11-22T20:00:00Z"), Some(1_795_377_600_000));
-        assert_eq!(parse_rfc3339_ms("2026-11-22T20:00:00.5Z"), Some(1_795_377_600_500));
-        assert_eq!(parse_rfc3339_ms("2026-11-22T21:00:00+01:00"), Some(1_795_377_600_000));
-        assert_eq!(parse_rfc3339_ms("2000-02-29T00:00:00Z"), Some(951_782_400_000));
+        assert_eq!(
+            parse_rfc3339_ms("2026-11-22T20:00:00Z"),
+            Some(1_795_377_600_000)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2026-11-22T20:00:00.5Z"),
+            Some(1_795_377_600_500)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2026-11-22T21:00:00+01:00"),
+            Some(1_795_377_600_000)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2000-02-29T00:00:00Z"),
+            Some(951_782_400_000)
+        );
         assert_eq!(parse_rfc3339_ms("2026-13-01T00:00:00Z"), None);
         assert_eq!(parse_rfc3339_ms("yesterday"), None);
         assert_eq!(parse_time("since", "12345"), Ok(12345));

@@ -13,7 +13,11 @@ use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 
 #[derive(Parser)]
-#[command(name = "aggregator", version, about = "Auto-DevOps aggregator: QUIC ingest, Parquet store, SQL API")]
+#[command(
+    name = "aggregator",
+    version,
+    about = "Auto-DevOps aggregator: QUIC ingest, Parquet store, SQL API"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -58,10 +62,14 @@ struct ServeArgs {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .init();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
     }
@@ -72,7 +80,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut cfg = StoreConfig::new(args.data_dir.clone());
     cfg.flush_interval = Duration::from_secs(args.flush_interval_secs.max(1));
     cfg.max_hot_rows = args.max_hot_rows;
-    let (store, report) = Store::open(cfg, metrics.clone()).with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
+    let (store, report) = Store::open(cfg, metrics.clone())
+        .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
     tracing::info!(
         data_dir = %args.data_dir.display(),
         replayed_segments = report.segments,
@@ -91,8 +100,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let app = aggregator::api::router(store.clone(), metrics.clone(), QueryLimits::default())?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let limits = IngestLimits { max_connections: args.max_connections, ..Default::default() };
-    let ingest_task = tokio::spawn(ingest::run(endpoint.clone(), store.clone(), metrics.clone(), limits, shutdown_rx.clone()));
+    let limits = IngestLimits {
+        max_connections: args.max_connections,
+        ..Default::default()
+    };
+    let ingest_task = tokio::spawn(ingest::run(
+        endpoint.clone(),
+        store.clone(),
+        metrics.clone(),
+        limits,
+        shutdown_rx.clone(),
+    ));
     let flusher = tokio::spawn(store.clone().run_flusher(shutdown_rx.clone()));
     let mut http_shutdown = shutdown_rx.clone();
     let http_task = tokio::spawn(async move {

@@ -35,28 +35,55 @@ impl Metrics {
         let registry = Registry::new();
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("static metric definition");
-            registry.register(Box::new(c.clone())).expect("unique metric name");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric name");
             c
         };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("static metric definition");
-            registry.register(Box::new(g.clone())).expect("unique metric name");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric name");
             g
         };
         let counter_vec = |name: &str, help: &str, label: &str| {
-            let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("static metric definition");
-            registry.register(Box::new(c.clone())).expect("unique metric name");
+            let c = IntCounterVec::new(Opts::new(name, help), &[label])
+                .expect("static metric definition");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric name");
             c
         };
         Metrics {
-            batches: counter_vec("aggregator_batches_total", "Batches received, by outcome.", "outcome"),
+            batches: counter_vec(
+                "aggregator_batches_total",
+                "Batches received, by outcome.",
+                "outcome",
+            ),
             samples: counter("aggregator_samples_stored_total", "Samples made durable."),
-            payload_bytes: counter("aggregator_payload_bytes_total", "Compressed batch bytes received."),
-            connections: counter_vec("aggregator_connections_total", "Node connections, by outcome.", "outcome"),
+            payload_bytes: counter(
+                "aggregator_payload_bytes_total",
+                "Compressed batch bytes received.",
+            ),
+            connections: counter_vec(
+                "aggregator_connections_total",
+                "Node connections, by outcome.",
+                "outcome",
+            ),
             connections_open: gauge("aggregator_connections_open", "Node connections open now."),
-            hot_rows: gauge("aggregator_hot_rows", "Rows held in memory, not yet in Parquet."),
-            flushes: counter("aggregator_flushes_total", "Flushes of hot data to Parquet."),
-            flush_errors: counter("aggregator_flush_errors_total", "Failed flushes (retried later)."),
+            hot_rows: gauge(
+                "aggregator_hot_rows",
+                "Rows held in memory, not yet in Parquet.",
+            ),
+            flushes: counter(
+                "aggregator_flushes_total",
+                "Flushes of hot data to Parquet.",
+            ),
+            flush_errors: counter(
+                "aggregator_flush_errors_total",
+                "Failed flushes (retried later).",
+            ),
             flushed_rows: counter("aggregator_flushed_rows_total", "Rows written to Parquet."),
             parquet_files: gauge("aggregator_parquet_files", "Parquet files in the manifest."),
             registry,

@@ -77,7 +77,10 @@ pub enum WalError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
-    move |source| WalError::Io { path: path.to_path_buf(), source }
+    move |source| WalError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Encodes one record (header + body).
@@ -148,7 +151,9 @@ pub fn list_segments(dir: &Path) -> Result<Vec<u64>, WalError> {
     for entry in fs::read_dir(dir).map_err(io_err(dir))? {
         let entry = entry.map_err(io_err(dir))?;
         let name = entry.file_name();
-        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".wal")) else { continue };
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".wal")) else {
+            continue;
+        };
         if let Ok(id) = stem.parse::<u64>() {
             ids.push(id);
         }
@@ -159,7 +164,9 @@ pub fn list_segments(dir: &Path) -> Result<Vec<u64>, WalError> {
 
 /// fsync a directory so a created, renamed or removed entry in it is durable.
 pub fn sync_dir(dir: &Path) -> Result<(), WalError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
 }
 
 /// What the committer does with records once they are durable, in WAL order.
@@ -175,8 +182,15 @@ pub trait Apply: Send + 'static {
 }
 
 enum Request<D, O> {
-    Append { record: Vec<u8>, entry: WalEntry, decoded: D, reply: oneshot::Sender<Result<O, WalError>> },
-    Rotate { reply: oneshot::Sender<Result<u64, WalError>> },
+    Append {
+        record: Vec<u8>,
+        entry: WalEntry,
+        decoded: D,
+        reply: oneshot::Sender<Result<O, WalError>>,
+    },
+    Rotate {
+        reply: oneshot::Sender<Result<u64, WalError>>,
+    },
 }
 
 /// Handle to the group-commit thread. Cheap to clone.
@@ -186,7 +200,9 @@ pub struct Committer<A: Apply> {
 
 impl<A: Apply> Clone for Committer<A> {
     fn clone(&self) -> Self {
-        Committer { tx: self.tx.clone() }
+        Committer {
+            tx: self.tx.clone(),
+        }
     }
 }
 
@@ -209,23 +225,39 @@ impl<A: Apply> Committer<A> {
                 run_committer(writer, applier, rx);
                 let _ = done_tx.send(());
             })
-            .map_err(|source| WalError::Io { path: PathBuf::from("wal-committer thread"), source })?;
+            .map_err(|source| WalError::Io {
+                path: PathBuf::from("wal-committer thread"),
+                source,
+            })?;
         Ok((Committer { tx }, done_rx))
     }
 
     /// Appends `entry`, waits until it is durable and applied, and returns what apply said.
-    pub async fn append(&self, entry: WalEntry, decoded: A::Decoded) -> Result<A::Outcome, WalError> {
+    pub async fn append(
+        &self,
+        entry: WalEntry,
+        decoded: A::Decoded,
+    ) -> Result<A::Outcome, WalError> {
         self.submit(entry, decoded).await?.wait().await
     }
 
     /// Queues `entry` and returns once it has its place in the WAL order; the returned
     /// [`Pending`] resolves when it is durable and applied. Lets one connection pipeline
     /// many batches while keeping their order.
-    pub async fn submit(&self, entry: WalEntry, decoded: A::Decoded) -> Result<Pending<A::Outcome>, WalError> {
+    pub async fn submit(
+        &self,
+        entry: WalEntry,
+        decoded: A::Decoded,
+    ) -> Result<Pending<A::Outcome>, WalError> {
         let record = encode_record(&entry);
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Request::Append { record, entry, decoded, reply })
+            .send(Request::Append {
+                record,
+                entry,
+                decoded,
+                reply,
+            })
             .await
             .map_err(|_| WalError::Stopped)?;
         Ok(Pending { rx })
@@ -235,7 +267,10 @@ impl<A: Apply> Committer<A> {
     /// Everything applied before this call lives in segments up to that id.
     pub async fn rotate(&self) -> Result<u64, WalError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Request::Rotate { reply }).await.map_err(|_| WalError::Stopped)?;
+        self.tx
+            .send(Request::Rotate { reply })
+            .await
+            .map_err(|_| WalError::Stopped)?;
         rx.await.map_err(|_| WalError::Stopped)?
     }
 }
@@ -268,7 +303,12 @@ impl SegmentWriter {
             .open(&path)
             .map_err(io_err(&path))?;
         sync_dir(&dir)?;
-        Ok(SegmentWriter { dir, id, path, file })
+        Ok(SegmentWriter {
+            dir,
+            id,
+            path,
+            file,
+        })
     }
 }
 
@@ -285,7 +325,12 @@ fn run_committer<A: Apply>(
         let mut next = Some(first);
         while let Some(req) = next.take() {
             match req {
-                Request::Append { record, entry, decoded, reply } => {
+                Request::Append {
+                    record,
+                    entry,
+                    decoded,
+                    reply,
+                } => {
                     buf.extend_from_slice(&record);
                     group.push((entry, decoded, reply));
                 }
@@ -351,7 +396,13 @@ mod tests {
     use super::*;
 
     fn batch(seq: u64) -> WalEntry {
-        WalEntry::Batch { node: "n1".into(), session: 9, seq, received_ms: 5, payload: vec![seq as u8; 10] }
+        WalEntry::Batch {
+            node: "n1".into(),
+            session: 9,
+            seq,
+            received_ms: 5,
+            payload: vec![seq as u8; 10],
+        }
     }
 
     #[test]
@@ -415,7 +466,9 @@ mod tests {
         let mut handles = Vec::new();
         for seq in 1..=20 {
             let wal = wal.clone();
-            handles.push(tokio::spawn(async move { wal.append(batch(seq), ()).await.unwrap() }));
+            handles.push(tokio::spawn(async move {
+                wal.append(batch(seq), ()).await.unwrap()
+            }));
         }
         for h in handles {
             h.await.unwrap();

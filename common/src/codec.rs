@@ -98,8 +98,12 @@ pub fn encode_uncompressed(batch: &Batch) -> Vec<u8> {
     for s in &batch.series {
         let entity = strings.intern(&s.key.entity);
         let metric = strings.intern(&s.key.metric);
-        let labels: Vec<(u32, u32)> =
-            s.key.labels.iter().map(|(k, v)| (strings.intern(k), strings.intern(v))).collect();
+        let labels: Vec<(u32, u32)> = s
+            .key
+            .labels
+            .iter()
+            .map(|(k, v)| (strings.intern(k), strings.intern(v)))
+            .collect();
         series_refs.push((entity, metric, labels));
     }
 
@@ -203,7 +207,11 @@ pub fn decode_uncompressed(raw: &[u8]) -> Result<Batch, CodecError> {
             let v = string(r.varint("label value")?)?;
             labels.push((k, v));
         }
-        keys.push(SeriesKey { entity, metric, labels });
+        keys.push(SeriesKey {
+            entity,
+            metric,
+            labels,
+        });
     }
 
     let n_groups = r.count("timestamp group count", 1)?;
@@ -239,14 +247,18 @@ pub fn decode_uncompressed(raw: &[u8]) -> Result<Batch, CodecError> {
             .get(group_idx)
             .ok_or_else(|| invalid(format!("timestamp group {group_idx} out of range")))?;
         let values = decode_values(&mut r, ts.len())?;
-        let points = ts.iter().zip(values).map(|(&ts_ms, value)| Point { ts_ms, value }).collect();
+        let points = ts
+            .iter()
+            .zip(values)
+            .map(|(&ts_ms, value)| Point { ts_ms, value })
+            .collect();
         series.push(SeriesPoints { key, points });
     }
 
     let events_len = r.count("events length", 1)?;
     let events_bytes = r.take(events_len, "events")?;
-    let events: Vec<Event> = postcard::from_bytes(events_bytes)
-        .map_err(|e| invalid(format!("events: {e}")))?;
+    let events: Vec<Event> =
+        postcard::from_bytes(events_bytes).map_err(|e| invalid(format!("events: {e}")))?;
     if r.pos != raw.len() {
         return Err(invalid(format!("{} trailing bytes", raw.len() - r.pos)));
     }
@@ -550,7 +562,10 @@ mod tests {
     fn series(entity: &str, metric: &str, points: &[(i64, f64)]) -> SeriesPoints {
         SeriesPoints {
             key: SeriesKey::new(entity, metric).with_label("comm", "nginx"),
-            points: points.iter().map(|&(ts_ms, value)| Point { ts_ms, value }).collect(),
+            points: points
+                .iter()
+                .map(|&(ts_ms, value)| Point { ts_ms, value })
+                .collect(),
         }
     }
 
@@ -560,9 +575,10 @@ mod tests {
             && a.series.iter().zip(&b.series).all(|(x, y)| {
                 x.key == y.key
                     && x.points.len() == y.points.len()
-                    && x.points.iter().zip(&y.points).all(|(p, q)| {
-                        p.ts_ms == q.ts_ms && p.value.to_bits() == q.value.to_bits()
-                    })
+                    && x.points
+                        .iter()
+                        .zip(&y.points)
+                        .all(|(p, q)| p.ts_ms == q.ts_ms && p.value.to_bits() == q.value.to_bits())
             })
     }
 
@@ -570,9 +586,21 @@ mod tests {
     fn round_trip_mixed_encodings() {
         let batch = Batch {
             series: vec![
-                series("host", "cpu.usage_pct", &[(1000, 12.34), (2000, 12.5), (3000, 0.01)]),
-                series("host", "mem.used_bytes", &[(1000, 1e9), (2000, 1.5e9), (3000, 0.0)]),
-                series("process/1", "odd", &[(1000, std::f64::consts::PI), (2000, f64::NAN), (3000, -0.0)]),
+                series(
+                    "host",
+                    "cpu.usage_pct",
+                    &[(1000, 12.34), (2000, 12.5), (3000, 0.01)],
+                ),
+                series(
+                    "host",
+                    "mem.used_bytes",
+                    &[(1000, 1e9), (2000, 1.5e9), (3000, 0.0)],
+                ),
+                series(
+                    "process/1",
+                    "odd",
+                    &[(1000, std::f64::consts::PI), (2000, f64::NAN), (3000, -0.0)],
+                ),
                 series("process/2", "irregular", &[(5, 1.0), (17, f64::INFINITY)]),
                 series("empty", "none", &[]),
             ],
@@ -591,22 +619,34 @@ mod tests {
 
     #[test]
     fn shared_timestamps_stored_once() {
-        let ts: Vec<(i64, f64)> = (0..10).map(|i| (1_700_000_000_000 + i * 1000, 1.0)).collect();
-        let one = Batch { series: vec![series("host", "a", &ts)], events: vec![] };
+        let ts: Vec<(i64, f64)> = (0..10)
+            .map(|i| (1_700_000_000_000 + i * 1000, 1.0))
+            .collect();
+        let one = Batch {
+            series: vec![series("host", "a", &ts)],
+            events: vec![],
+        };
         let many = Batch {
-            series: (0..100).map(|i| series("host", &format!("m{i}"), &ts)).collect(),
+            series: (0..100)
+                .map(|i| series("host", &format!("m{i}"), &ts))
+                .collect(),
             events: vec![],
         };
         let per_series_one = encode_uncompressed(&one).len();
         let per_series_many = encode_uncompressed(&many).len() / 100;
-        assert!(per_series_many < per_series_one, "{per_series_many} vs {per_series_one}");
+        assert!(
+            per_series_many < per_series_one,
+            "{per_series_many} vs {per_series_one}"
+        );
     }
 
     #[test]
     fn scaled_integers_chosen_for_rounded_values() {
         let mut out = Vec::new();
-        let pts: Vec<Point> =
-            [12.34, 12.35, 99.99].iter().map(|&value| Point { ts_ms: 0, value }).collect();
+        let pts: Vec<Point> = [12.34, 12.35, 99.99]
+            .iter()
+            .map(|&value| Point { ts_ms: 0, value })
+            .collect();
         encode_values(&mut out, &pts);
         assert_eq!(out[0], KIND_SCALED);
         assert_eq!(out[1], 2);
@@ -616,7 +656,10 @@ mod tests {
     fn zstd_bomb_refused() {
         let zeros = vec![0u8; MAX_DECODED_LEN + 10];
         let bomb = zstd::bulk::compress(&zeros, 3).unwrap();
-        assert!(matches!(decode_batch(&bomb), Err(CodecError::Decompress(_))));
+        assert!(matches!(
+            decode_batch(&bomb),
+            Err(CodecError::Decompress(_))
+        ));
     }
 
     #[test]
@@ -636,7 +679,10 @@ mod tests {
         // Version, then a string count of 2^60.
         let mut raw = vec![FORMAT_VERSION];
         put_varint(&mut raw, 1 << 60);
-        assert!(matches!(decode_uncompressed(&raw), Err(CodecError::Truncated(_))));
+        assert!(matches!(
+            decode_uncompressed(&raw),
+            Err(CodecError::Truncated(_))
+        ));
     }
 
     fn arb_value() -> impl Strategy<Value = f64> {

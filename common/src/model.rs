@@ -21,7 +21,11 @@ pub struct SeriesKey {
 impl SeriesKey {
     /// A key without labels.
     pub fn new(entity: impl Into<String>, metric: impl Into<String>) -> Self {
-        SeriesKey { entity: entity.into(), metric: metric.into(), labels: Vec::new() }
+        SeriesKey {
+            entity: entity.into(),
+            metric: metric.into(),
+            labels: Vec::new(),
+        }
     }
 
     /// Adds a label, keeping labels sorted and keys unique (a repeated key replaces).

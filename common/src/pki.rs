@@ -6,8 +6,8 @@
 //! touches files.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 use thiserror::Error;
 
@@ -49,7 +49,10 @@ pub fn new_ca(common_name: &str) -> Result<CertPair, PkiError> {
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let cert = params.self_signed(&key)?;
-    Ok(CertPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    Ok(CertPair {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
 }
 
 fn issue(
@@ -66,7 +69,10 @@ fn issue(
     params.extended_key_usages = vec![usage];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     let cert = params.signed_by(&key, &issuer)?;
-    Ok(CertPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    Ok(CertPair {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
 }
 
 /// A server certificate for the aggregator, valid for each of `names` (DNS names or IPs).
@@ -77,13 +83,18 @@ pub fn issue_aggregator(ca: &CertPair, names: &[&str]) -> Result<CertPair, PkiEr
 
 /// A client certificate naming `node` as its subject common name.
 pub fn issue_node(ca: &CertPair, node: &str) -> Result<CertPair, PkiError> {
-    issue(ca, node, vec![node.to_string()], ExtendedKeyUsagePurpose::ClientAuth)
+    issue(
+        ca,
+        node,
+        vec![node.to_string()],
+        ExtendedKeyUsagePurpose::ClientAuth,
+    )
 }
 
 /// The node name a client certificate (DER) was issued to: its subject common name.
 pub fn node_name_from_cert(der: &[u8]) -> Result<String, PkiError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| PkiError::Parse(e.to_string()))?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::Parse(e.to_string()))?;
     let cn = cert
         .subject()
         .iter_common_name()
@@ -132,11 +143,17 @@ mod tests {
     fn node_certificate_names_its_node() {
         let ca = new_ca("test CA").unwrap();
         let node = issue_node(&ca, "worker-7").unwrap();
-        assert_eq!(node_name_from_cert(&der_of(&node.cert_pem)).unwrap(), "worker-7");
+        assert_eq!(
+            node_name_from_cert(&der_of(&node.cert_pem)).unwrap(),
+            "worker-7"
+        );
     }
 
     #[test]
     fn garbage_is_a_parse_error() {
-        assert!(matches!(node_name_from_cert(b"not a cert"), Err(PkiError::Parse(_))));
+        assert!(matches!(
+            node_name_from_cert(b"not a cert"),
+            Err(PkiError::Parse(_))
+        ));
     }
 }

@@ -127,15 +127,21 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<(Frame, usize)>, WireError> {
     };
     let len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
     if len > MAX_FRAME_LEN {
-        return Err(WireError::TooLarge { len, max: MAX_FRAME_LEN });
+        return Err(WireError::TooLarge {
+            len,
+            max: MAX_FRAME_LEN,
+        });
     }
     let Some(body) = buf.get(4..4 + len) else {
         return Ok(None);
     };
-    let (frame, rest) =
-        postcard::take_from_bytes::<Frame>(body).map_err(|e| WireError::Malformed(e.to_string()))?;
+    let (frame, rest) = postcard::take_from_bytes::<Frame>(body)
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(WireError::Malformed(format!("{} trailing bytes after frame", rest.len())));
+        return Err(WireError::Malformed(format!(
+            "{} trailing bytes after frame",
+            rest.len()
+        )));
     }
     Ok(Some((frame, 4 + len)))
 }
@@ -148,7 +154,10 @@ pub fn peek_frame_len(buf: &[u8]) -> Result<Option<usize>, WireError> {
     };
     let len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
     if len > MAX_FRAME_LEN {
-        return Err(WireError::TooLarge { len, max: MAX_FRAME_LEN });
+        return Err(WireError::TooLarge {
+            len,
+            max: MAX_FRAME_LEN,
+        });
     }
     Ok(Some(len))
 }
@@ -173,11 +182,25 @@ mod tests {
     fn round_trip_every_kind() {
         let frames = vec![
             hello(),
-            Frame::HelloAck(HelloAck { protocol_version: 1, durable_through: Some(3) }),
-            Frame::Reject { reason: "no".into() },
-            Frame::Batch(BatchFrame { node: "n".into(), session: 1, seq: 2, payload: vec![1, 2, 3] }),
+            Frame::HelloAck(HelloAck {
+                protocol_version: 1,
+                durable_through: Some(3),
+            }),
+            Frame::Reject {
+                reason: "no".into(),
+            },
+            Frame::Batch(BatchFrame {
+                node: "n".into(),
+                session: 1,
+                seq: 2,
+                payload: vec![1, 2, 3],
+            }),
             Frame::Ack { session: 1, seq: 2 },
-            Frame::Nack { session: 1, seq: 2, reason: "bad".into() },
+            Frame::Nack {
+                session: 1,
+                seq: 2,
+                reason: "bad".into(),
+            },
         ];
         let mut stream = Vec::new();
         for f in &frames {
@@ -204,7 +227,10 @@ mod tests {
     fn oversized_length_refused_before_allocation() {
         let mut bytes = (u32::MAX).to_le_bytes().to_vec();
         bytes.extend([0u8; 8]);
-        assert!(matches!(decode_frame(&bytes), Err(WireError::TooLarge { .. })));
+        assert!(matches!(
+            decode_frame(&bytes),
+            Err(WireError::TooLarge { .. })
+        ));
     }
 
     #[test]

@@ -13,7 +13,11 @@ use node_agent::logs::{self, LogFormat, MinerConfig};
 use node_agent::run::AgentConfig;
 
 #[derive(Parser)]
-#[command(name = "node-agent", version, about = "Scarlet, the Auto-DevOps node agent")]
+#[command(
+    name = "node-agent",
+    version,
+    about = "Scarlet, the Auto-DevOps node agent"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -132,15 +136,23 @@ struct RunArgs {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .init();
     let args = match Cli::parse().command {
         Command::Run(args) => args,
         Command::Detect(args) => return detect_file(&args),
         Command::Logs(args) => return logs_file(&args),
     };
-    anyhow::ensure!(args.interval_secs >= 0.1, "--interval-secs must be at least 0.1");
-    anyhow::ensure!(args.batch_secs >= args.interval_secs, "--batch-secs must be at least --interval-secs");
+    anyhow::ensure!(
+        args.interval_secs >= 0.1,
+        "--interval-secs must be at least 0.1"
+    );
+    anyhow::ensure!(
+        args.batch_secs >= args.interval_secs,
+        "--batch-secs must be at least --interval-secs"
+    );
     let node = match args.node {
         Some(n) => n,
         None => hostname()?,
@@ -166,18 +178,27 @@ fn main() -> anyhow::Result<()> {
             max_cgroups: args.max_cgroups,
         },
         drain_grace: Duration::from_secs(args.drain_grace_secs),
-        detect: if args.no_detect { None } else { Some(load_detect_config(args.detect_config.as_deref())?) },
+        detect: if args.no_detect {
+            None
+        } else {
+            Some(load_detect_config(args.detect_config.as_deref())?)
+        },
         max_detected_series: args.max_detected_series,
         ebpf: !args.no_ebpf,
     };
     // One thread is plenty for a 1 s loop and one connection, and keeps the agent light.
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(node_agent::run::run(cfg, wait_for_signal()))
 }
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}
@@ -190,13 +211,19 @@ async fn wait_for_signal() {
     }
 }
 
-fn load_detect_config(path: Option<&std::path::Path>) -> anyhow::Result<node_agent::detect::DetectConfig> {
+fn load_detect_config(
+    path: Option<&std::path::Path>,
+) -> anyhow::Result<node_agent::detect::DetectConfig> {
     use anyhow::Context;
-    let Some(path) = path else { return Ok(Default::default()) };
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let cfg: node_agent::detect::DetectConfig =
-        serde_json::from_str(&text).with_context(|| format!("bad detector config {}", path.display()))?;
-    cfg.validate().with_context(|| format!("bad detector config {}", path.display()))?;
+    let Some(path) = path else {
+        return Ok(Default::default());
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let cfg: node_agent::detect::DetectConfig = serde_json::from_str(&text)
+        .with_context(|| format!("bad detector config {}", path.display()))?;
+    cfg.validate()
+        .with_context(|| format!("bad detector config {}", path.display()))?;
     Ok(cfg)
 }
 
@@ -208,9 +235,12 @@ fn detect_file(args: &DetectArgs) -> anyhow::Result<()> {
     };
     cfg.validate().with_context(|| "invalid detector config")?;
     let text = read_text(&args.input)?;
-    let rows = detect::backtest::parse_csv(&text).with_context(|| format!("reading {}", args.input.display()))?;
+    let rows = detect::backtest::parse_csv(&text)
+        .with_context(|| format!("reading {}", args.input.display()))?;
     let scores = detect::backtest::score_rows(&rows, &cfg);
-    write_output(&args.output, |out| detect::backtest::write_csv(&rows, &scores, out))
+    write_output(&args.output, |out| {
+        detect::backtest::write_csv(&rows, &scores, out)
+    })
 }
 
 /// `node-agent logs`: the template miner of `node_agent::logs`, on files.
@@ -224,21 +254,29 @@ fn logs_file(args: &LogsArgs) -> anyhow::Result<()> {
         "invalid miner config: similarity must be in [0, 1]"
     );
     // Logs are not always valid UTF-8: bad bytes become U+FFFD rather than an error.
-    let bytes = std::fs::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
+    let bytes =
+        std::fs::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
     let text = String::from_utf8_lossy(&bytes);
     let (rows, miner) = logs::backtest::mine_text(&text, args.format, &cfg);
-    write_output(&args.output, |out| logs::backtest::write_csv(&rows, &miner, out))
+    write_output(&args.output, |out| {
+        logs::backtest::write_csv(&rows, &miner, out)
+    })
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("parsing {} (JSON)", path.display()))
 }
 
 fn read_text(path: &Path) -> anyhow::Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     String::from_utf8(bytes).map_err(|e| {
-        anyhow::anyhow!("{} is not UTF-8 text (bad byte at offset {})", path.display(), e.utf8_error().valid_up_to())
+        anyhow::anyhow!(
+            "{} is not UTF-8 text (bad byte at offset {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
     })
 }
 
@@ -246,13 +284,18 @@ fn write_output(
     path: &Path,
     write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
 ) -> anyhow::Result<()> {
-    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut out = std::io::BufWriter::new(file);
-    write(&mut out).and_then(|()| out.flush()).with_context(|| format!("writing {}", path.display()))
+    write(&mut out)
+        .and_then(|()| out.flush())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn hostname() -> anyhow::Result<String> {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")?.trim().to_string();
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")?
+        .trim()
+        .to_string();
     anyhow::ensure!(!name.is_empty(), "empty hostname; pass --node");
     Ok(name)
 }

@@ -62,14 +62,24 @@ pub struct AgentConfig {
 }
 
 /// Runs the agent until `stop` resolves, then drains and returns.
-pub async fn run(cfg: AgentConfig, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: AgentConfig,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let metrics = AgentMetrics::new();
     let quic = tls::client_config(&cfg.ca, &cfg.cert, &cfg.key)?;
-    let mut collectors = if cfg.ebpf { collect::collectors_with_ebpf(&cfg.collect) } else { collect::default_collectors(&cfg.collect) };
+    let mut collectors = if cfg.ebpf {
+        collect::collectors_with_ebpf(&cfg.collect)
+    } else {
+        collect::default_collectors(&cfg.collect)
+    };
     for c in &collectors {
         metrics.collector_up.with_label_values(&[c.name()]).set(1);
     }
-    let budget = Budget { memory_bytes: cfg.max_outbox_bytes, spool_bytes: cfg.max_spool_bytes };
+    let budget = Budget {
+        memory_bytes: cfg.max_outbox_bytes,
+        spool_bytes: cfg.max_spool_bytes,
+    };
     let (outbox, session) = open_outbox(&cfg, budget, &metrics);
     let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
@@ -84,7 +94,11 @@ pub async fn run(cfg: AgentConfig, stop: impl std::future::Future<Output = ()>) 
     let shared = Arc::new(Shared::new(outbox));
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    let telemetry_task = tokio::spawn(telemetry::serve(cfg.metrics_listen, metrics.clone(), stop_rx.clone()));
+    let telemetry_task = tokio::spawn(telemetry::serve(
+        cfg.metrics_listen,
+        metrics.clone(),
+        stop_rx.clone(),
+    ));
     let client_cfg = ClientConfig {
         aggregator: cfg.aggregator,
         server_name: cfg.server_name.clone(),
@@ -95,7 +109,12 @@ pub async fn run(cfg: AgentConfig, stop: impl std::future::Future<Output = ()>) 
         backoff_max: Duration::from_secs(30),
         drain_grace: cfg.drain_grace,
     };
-    let client_task = tokio::spawn(client::run(client_cfg, shared.clone(), metrics.clone(), stop_rx.clone()));
+    let client_task = tokio::spawn(client::run(
+        client_cfg,
+        shared.clone(),
+        metrics.clone(),
+        stop_rx.clone(),
+    ));
     tracing::info!(node = %cfg.node, session, aggregator = %cfg.aggregator, interval_ms = cfg.interval.as_millis() as u64, "agent started");
 
     let mut batcher = Batcher::default();
@@ -113,7 +132,10 @@ pub async fn run(cfg: AgentConfig, stop: impl std::future::Future<Output = ()>) 
     let mut values = Vec::new();
     let mut events = Vec::new();
     let mut error_counts = vec![0u64; collectors.len()];
-    let mut detectors = cfg.detect.clone().map(|d| DetectorBank::new(d, cfg.max_detected_series));
+    let mut detectors = cfg
+        .detect
+        .clone()
+        .map(|d| DetectorBank::new(d, cfg.max_detected_series));
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -122,7 +144,13 @@ pub async fn run(cfg: AgentConfig, stop: impl std::future::Future<Output = ()>) 
         }
         let started = Instant::now();
         let ts = now_ms();
-        collect_once(&mut collectors, started, &mut values, &metrics, &mut error_counts);
+        collect_once(
+            &mut collectors,
+            started,
+            &mut values,
+            &metrics,
+            &mut error_counts,
+        );
         for c in &mut collectors {
             c.drain_events(&mut events);
         }
@@ -135,7 +163,9 @@ pub async fn run(cfg: AgentConfig, stop: impl std::future::Future<Output = ()>) 
         }
         metrics.samples_collected.inc_by(values.len() as u64);
         batcher.add_tick(ts, &mut values);
-        metrics.collect_seconds.observe(started.elapsed().as_secs_f64());
+        metrics
+            .collect_seconds
+            .observe(started.elapsed().as_secs_f64());
         if last_batch.elapsed() + cfg.interval / 2 >= cfg.batch_interval {
             ship(&mut batcher, &shared, &metrics);
             last_batch = Instant::now();
@@ -159,7 +189,8 @@ fn collect_once(
 ) {
     for (idx, c) in collectors.iter_mut().enumerate() {
         // A panicking collector loses its own tick, not the agent.
-        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.collect(mono, values)));
+        let res =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.collect(mono, values)));
         let up = metrics.collector_up.with_label_values(&[c.name()]);
         let err = match res {
             Ok(Ok(())) => {
@@ -181,7 +212,10 @@ fn collect_once(
             Ok(Err(e)) => e.to_string(),
             Err(_) => "collector panicked".to_string(),
         };
-        metrics.collector_errors.with_label_values(&[c.name()]).inc();
+        metrics
+            .collector_errors
+            .with_label_values(&[c.name()])
+            .inc();
         // First error, then one line per 60 so a broken source does not flood the log.
         if error_counts[idx].is_multiple_of(60) {
             tracing::warn!(collector = c.name(), error = %err, occurrences = error_counts[idx] + 1, "collector error");
@@ -207,9 +241,17 @@ fn detect(
         let obs = bank.observe(key, ts_ms, *value);
         let Some(start) = obs.anomaly else { continue };
         metrics.anomalies.inc();
-        let severity = if start.score >= 0.99 { Severity::Critical } else { Severity::Warning };
+        let severity = if start.score >= 0.99 {
+            Severity::Critical
+        } else {
+            Severity::Warning
+        };
         let label_text = key.labels_text();
-        let what = if label_text.is_empty() { format!("{} {}", key.entity, key.metric) } else { format!("{} {} ({label_text})", key.entity, key.metric) };
+        let what = if label_text.is_empty() {
+            format!("{} {}", key.entity, key.metric)
+        } else {
+            format!("{} {} ({label_text})", key.entity, key.metric)
+        };
         batcher.add_event(Event {
             ts_ms,
             entity: key.entity.clone(),
@@ -258,7 +300,11 @@ fn open_outbox(cfg: &AgentConfig, budget: Budget, metrics: &AgentMetrics) -> (Ou
 
 /// The agent's own health as samples of entity `agent`, so the aggregator sees it too
 /// (shed data above all: loss is never silent).
-fn self_samples(shared: &Shared, metrics: &AgentMetrics, values: &mut Vec<(common::model::SeriesKey, f64)>) {
+fn self_samples(
+    shared: &Shared,
+    metrics: &AgentMetrics,
+    values: &mut Vec<(common::model::SeriesKey, f64)>,
+) {
     use common::model::SeriesKey;
     let (losses, spool_bytes, pending) = {
         let o = shared.outbox();
@@ -273,7 +319,10 @@ fn self_samples(shared: &Shared, metrics: &AgentMetrics, values: &mut Vec<(commo
     put("agent.spool_bytes", spool_bytes as f64);
     put("agent.pending_batches", pending as f64);
     put("agent.rss_bytes", metrics.process_rss_bytes.get() as f64);
-    put("agent.cpu_seconds", (metrics.process_cpu_seconds.get() * 100.0).round() / 100.0);
+    put(
+        "agent.cpu_seconds",
+        (metrics.process_cpu_seconds.get() * 100.0).round() / 100.0,
+    );
 }
 
 fn ship(batcher: &mut Batcher, shared: &Shared, metrics: &AgentMetrics) {
@@ -291,14 +340,23 @@ fn ship(batcher: &mut Batcher, shared: &Shared, metrics: &AgentMetrics) {
         o.push(payload, n_samples);
         let after = o.losses();
         if after.shed_batches > before.shed_batches {
-            metrics.batches_shed.inc_by(after.shed_batches - before.shed_batches);
-            metrics.samples_shed.inc_by(after.shed_samples - before.shed_samples);
-            tracing::warn!(shed_batches = after.shed_batches, "outbox full: oldest batches dropped");
+            metrics
+                .batches_shed
+                .inc_by(after.shed_batches - before.shed_batches);
+            metrics
+                .samples_shed
+                .inc_by(after.shed_samples - before.shed_samples);
+            tracing::warn!(
+                shed_batches = after.shed_batches,
+                "outbox full: oldest batches dropped"
+            );
         }
         metrics.outbox_batches.set(o.len() as i64);
         metrics.outbox_bytes.set(o.bytes() as i64);
         metrics.spool_bytes.set(o.spool_bytes() as i64);
-        metrics.spool_write_errors.set(after.spool_write_errors as i64);
+        metrics
+            .spool_write_errors
+            .set(after.spool_write_errors as i64);
     }
     shared.changed.notify_one();
 }

@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use axum::Router;
 use axum::http::header;
 use axum::routing::get;
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 /// Every metric the agent keeps about itself. Cheap to clone.
 #[derive(Clone)]
@@ -66,55 +68,143 @@ impl AgentMetrics {
         macro_rules! reg {
             ($m:expr) => {{
                 let m = $m.expect("static metric definition");
-                registry.register(Box::new(m.clone())).expect("unique metric name");
+                registry
+                    .register(Box::new(m.clone()))
+                    .expect("unique metric name");
                 m
             }};
         }
-        registry.register(Box::new(crate::collect::ebpf::EVENTS_DROPPED.clone())).expect("unique metric name");
+        registry
+            .register(Box::new(crate::collect::ebpf::EVENTS_DROPPED.clone()))
+            .expect("unique metric name");
         AgentMetrics {
-            samples_collected: reg!(IntCounter::new("agent_samples_collected_total", "Samples collected.")),
-            collector_errors: reg!(IntCounterVec::new(Opts::new("agent_collector_errors_total", "Collector errors."), &["collector"])),
-            collector_up: reg!(IntGaugeVec::new(Opts::new("agent_collector_up", "1 while the collector runs."), &["collector"])),
+            samples_collected: reg!(IntCounter::new(
+                "agent_samples_collected_total",
+                "Samples collected."
+            )),
+            collector_errors: reg!(IntCounterVec::new(
+                Opts::new("agent_collector_errors_total", "Collector errors."),
+                &["collector"]
+            )),
+            collector_up: reg!(IntGaugeVec::new(
+                Opts::new("agent_collector_up", "1 while the collector runs."),
+                &["collector"]
+            )),
             collect_seconds: reg!(Histogram::with_opts(
                 HistogramOpts::new("agent_collect_seconds", "Duration of one collection tick.")
-                    .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0])
+                    .buckets(vec![
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0
+                    ])
             )),
-            batches_sent: reg!(IntCounter::new("agent_batches_sent_total", "Batches written to the aggregator, resends included.")),
-            batches_acked: reg!(IntCounter::new("agent_batches_acked_total", "Batches acked as durable.")),
-            batches_shed: reg!(IntCounter::new("agent_batches_shed_total", "Batches dropped because the outbox was full.")),
-            samples_shed: reg!(IntCounter::new("agent_samples_shed_total", "Samples in dropped batches.")),
-            batches_nacked: reg!(IntCounter::new("agent_batches_nacked_total", "Batches the aggregator refused.")),
-            payload_bytes_sent: reg!(IntCounter::new("agent_payload_bytes_sent_total", "Batch payload bytes written, resends included.")),
-            payload_bytes_built: reg!(IntCounter::new("agent_payload_bytes_built_total", "Batch payload bytes encoded.")),
-            samples_built: reg!(IntCounter::new("agent_samples_built_total", "Samples encoded into batches.")),
-            outbox_batches: reg!(IntGauge::new("agent_outbox_batches", "Batches waiting for an ack.")),
-            outbox_bytes: reg!(IntGauge::new("agent_outbox_bytes", "Payload bytes waiting for an ack.")),
-            spool_bytes: reg!(IntGauge::new("agent_spool_bytes", "Bytes in the on-disk spool.")),
-            spool_quarantined: reg!(IntCounter::new("agent_spool_quarantined_segments_total", "Damaged spool segments quarantined at start.")),
-            spool_write_errors: reg!(IntGauge::new("agent_spool_write_errors_total", "Spool appends that failed; those batches were kept in memory only.")),
-            anomalies: reg!(IntCounter::new("agent_anomalies_total", "Anomaly episodes opened by the on-node detectors.")),
-            detected_series: reg!(IntGauge::new("agent_detected_series", "Series with detector state.")),
-            connected: reg!(IntGauge::new("agent_connected", "1 while connected to the aggregator.")),
-            connect_failures: reg!(IntCounter::new("agent_connect_failures_total", "Failed or lost connections.")),
-            process_cpu_seconds: reg!(prometheus::Gauge::new("agent_process_cpu_seconds", "Agent CPU time, user+system.")),
-            process_rss_bytes: reg!(IntGauge::new("agent_process_resident_bytes", "Agent resident memory.")),
+            batches_sent: reg!(IntCounter::new(
+                "agent_batches_sent_total",
+                "Batches written to the aggregator, resends included."
+            )),
+            batches_acked: reg!(IntCounter::new(
+                "agent_batches_acked_total",
+                "Batches acked as durable."
+            )),
+            batches_shed: reg!(IntCounter::new(
+                "agent_batches_shed_total",
+                "Batches dropped because the outbox was full."
+            )),
+            samples_shed: reg!(IntCounter::new(
+                "agent_samples_shed_total",
+                "Samples in dropped batches."
+            )),
+            batches_nacked: reg!(IntCounter::new(
+                "agent_batches_nacked_total",
+                "Batches the aggregator refused."
+            )),
+            payload_bytes_sent: reg!(IntCounter::new(
+                "agent_payload_bytes_sent_total",
+                "Batch payload bytes written, resends included."
+            )),
+            payload_bytes_built: reg!(IntCounter::new(
+                "agent_payload_bytes_built_total",
+                "Batch payload bytes encoded."
+            )),
+            samples_built: reg!(IntCounter::new(
+                "agent_samples_built_total",
+                "Samples encoded into batches."
+            )),
+            outbox_batches: reg!(IntGauge::new(
+                "agent_outbox_batches",
+                "Batches waiting for an ack."
+            )),
+            outbox_bytes: reg!(IntGauge::new(
+                "agent_outbox_bytes",
+                "Payload bytes waiting for an ack."
+            )),
+            spool_bytes: reg!(IntGauge::new(
+                "agent_spool_bytes",
+                "Bytes in the on-disk spool."
+            )),
+            spool_quarantined: reg!(IntCounter::new(
+                "agent_spool_quarantined_segments_total",
+                "Damaged spool segments quarantined at start."
+            )),
+            spool_write_errors: reg!(IntGauge::new(
+                "agent_spool_write_errors_total",
+                "Spool appends that failed; those batches were kept in memory only."
+            )),
+            anomalies: reg!(IntCounter::new(
+                "agent_anomalies_total",
+                "Anomaly episodes opened by the on-node detectors."
+            )),
+            detected_series: reg!(IntGauge::new(
+                "agent_detected_series",
+                "Series with detector state."
+            )),
+            connected: reg!(IntGauge::new(
+                "agent_connected",
+                "1 while connected to the aggregator."
+            )),
+            connect_failures: reg!(IntCounter::new(
+                "agent_connect_failures_total",
+                "Failed or lost connections."
+            )),
+            process_cpu_seconds: reg!(prometheus::Gauge::new(
+                "agent_process_cpu_seconds",
+                "Agent CPU time, user+system."
+            )),
+            process_rss_bytes: reg!(IntGauge::new(
+                "agent_process_resident_bytes",
+                "Agent resident memory."
+            )),
             registry,
         }
     }
 
     /// Refreshes the agent's own CPU and RSS from /proc/self/stat.
     pub fn refresh_self(&self) {
-        let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return };
+        let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+            return;
+        };
         // Fields after the parenthesised comm; utime and stime are fields 14 and 15, rss 24.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { return };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            return;
+        };
         let fields: Vec<&str> = rest.split_whitespace().collect();
-        let num = |idx: usize| fields.get(idx).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+        let num = |idx: usize| {
+            fields
+                .get(idx)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
         // SAFETY: sysconf only reads a configuration value.
-        let (ticks, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
+        let (ticks, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_CLK_TCK),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
         if ticks > 0 {
-            self.process_cpu_seconds.set((num(11) + num(12)) / ticks as f64);
+            self.process_cpu_seconds
+                .set((num(11) + num(12)) / ticks as f64);
         }
-        self.process_rss_bytes.set((num(21) * page.max(0) as f64) as i64);
+        self.process_rss_bytes
+            .set((num(21) * page.max(0) as f64) as i64);
     }
 
     /// Prometheus text exposition.
@@ -133,8 +223,14 @@ impl Default for AgentMetrics {
 }
 
 /// Serves `/metrics` and `/healthz` until `shutdown` fires.
-pub async fn serve(addr: SocketAddr, metrics: AgentMetrics, mut shutdown: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot bind metrics on {addr}: {e}"))?;
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: AgentMetrics,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot bind metrics on {addr}: {e}"))?;
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(

@@ -13,7 +13,9 @@ const CHILD_ENV: &str = "SPOOL_CRASH_CHILD_DIR";
 
 fn payload(seq: u64) -> Vec<u8> {
     // Varying sizes, content derived from the seq so damage is detectable.
-    (0..(100 + (seq * 7919) % 3000)).map(|i| (seq as u8).wrapping_add(i as u8)).collect()
+    (0..(100 + (seq * 7919) % 3000))
+        .map(|i| (seq as u8).wrapping_add(i as u8))
+        .collect()
 }
 
 #[test]
@@ -26,7 +28,12 @@ fn every_acknowledged_append_survives_sigkill() {
     let mut confirmed_total = 0;
     for round in 0..6 {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "every_acknowledged_append_survives_sigkill", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "every_acknowledged_append_survives_sigkill",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, &dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -38,7 +45,10 @@ fn every_acknowledged_append_survives_sigkill() {
         let mut confirmed = Vec::new();
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            if let Some(seq) = line.strip_prefix("durable ").and_then(|s| s.parse::<u64>().ok()) {
+            if let Some(seq) = line
+                .strip_prefix("durable ")
+                .and_then(|s| s.parse::<u64>().ok())
+            {
                 confirmed.push(seq);
             }
             if started.elapsed() >= kill_after {
@@ -49,16 +59,33 @@ fn every_acknowledged_append_survives_sigkill() {
         let _ = child.wait();
 
         let (spool, rec) = Spool::open(&dir).unwrap();
-        assert_eq!(rec.quarantined, 0, "a crash mid-append must only ever tear the tail");
+        assert_eq!(
+            rec.quarantined, 0,
+            "a crash mid-append must only ever tear the tail"
+        );
         let seqs: Vec<u64> = rec.found.iter().map(|f| f.seq).collect();
         for seq in &confirmed {
-            let f = rec.found.iter().find(|f| f.seq == *seq).unwrap_or_else(|| panic!("round {round}: durable seq {seq} lost"));
-            assert_eq!(spool.read(f.loc).unwrap(), payload(*seq), "round {round}: seq {seq} damaged");
+            let f = rec
+                .found
+                .iter()
+                .find(|f| f.seq == *seq)
+                .unwrap_or_else(|| panic!("round {round}: durable seq {seq} lost"));
+            assert_eq!(
+                spool.read(f.loc).unwrap(),
+                payload(*seq),
+                "round {round}: seq {seq} damaged"
+            );
         }
-        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "round {round}: seqs not contiguous");
+        assert!(
+            seqs.windows(2).all(|w| w[1] == w[0] + 1),
+            "round {round}: seqs not contiguous"
+        );
         confirmed_total += confirmed.len();
     }
-    assert!(confirmed_total > 50, "the child barely ran ({confirmed_total} appends)");
+    assert!(
+        confirmed_total > 50,
+        "the child barely ran ({confirmed_total} appends)"
+    );
 }
 
 fn child(dir: &str) {

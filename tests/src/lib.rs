@@ -28,13 +28,20 @@ pub fn bin_dir() -> &'static Path {
         assert!(status.success(), "building the binaries failed");
         // target/debug/deps/e2e-… → target/debug
         let exe = std::env::current_exe().expect("test binary path");
-        exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+        exe.parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .to_path_buf()
     })
 }
 
 /// A fresh directory under the system temp dir.
 pub fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("adv-e2e-{tag}-{}-{}", std::process::id(), rand::random::<u32>()));
+    let dir = std::env::temp_dir().join(format!(
+        "adv-e2e-{tag}-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
@@ -71,7 +78,9 @@ impl Pki {
             std::fs::write(dir.join(format!("{node}.pem")), &pair.cert_pem)?;
             std::fs::write(dir.join(format!("{node}-key.pem")), &pair.key_pem)?;
         }
-        Ok(Pki { dir: dir.to_path_buf() })
+        Ok(Pki {
+            dir: dir.to_path_buf(),
+        })
     }
 
     /// `ca.pem`.
@@ -109,7 +118,10 @@ impl Proc {
                 return Ok(status);
             }
             if Instant::now() > deadline {
-                bail!("process did not exit within {limit:?} of SIGTERM; log:\n{}", self.log_text());
+                bail!(
+                    "process did not exit within {limit:?} of SIGTERM; log:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -166,7 +178,13 @@ pub struct Aggregator {
 
 impl Aggregator {
     /// Starts one and waits for `/healthz`.
-    pub fn start(pki: &Pki, data_dir: &Path, http_port: u16, quic_port: u16, extra: &[&str]) -> anyhow::Result<Aggregator> {
+    pub fn start(
+        pki: &Pki,
+        data_dir: &Path,
+        http_port: u16,
+        quic_port: u16,
+        extra: &[&str],
+    ) -> anyhow::Result<Aggregator> {
         let mut args: Vec<String> = vec![
             "serve".into(),
             "--data-dir".into(),
@@ -188,11 +206,19 @@ impl Aggregator {
         let deadline = Instant::now() + Duration::from_secs(30);
         while get(http_port, "/healthz").is_err() {
             if !proc.running() || Instant::now() > deadline {
-                bail!("aggregator did not become healthy; log:\n{}", proc.log_text());
+                bail!(
+                    "aggregator did not become healthy; log:\n{}",
+                    proc.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(Aggregator { proc, http_port, quic_port, data_dir: data_dir.to_path_buf() })
+        Ok(Aggregator {
+            proc,
+            http_port,
+            quic_port,
+            data_dir: data_dir.to_path_buf(),
+        })
     }
 
     /// `POST /api/v1/sql`, expecting 200; returns the rows.
@@ -201,14 +227,22 @@ impl Aggregator {
         if status != 200 {
             bail!("SQL {sql:?} answered {status}: {body}");
         }
-        let rows = body["rows"].as_array().context("rows")?.iter().map(|r| r.as_array().cloned().unwrap_or_default()).collect();
+        let rows = body["rows"]
+            .as_array()
+            .context("rows")?
+            .iter()
+            .map(|r| r.as_array().cloned().unwrap_or_default())
+            .collect();
         Ok(rows)
     }
 
     /// A single integer from a `SELECT count(*) ...`.
     pub fn count(&self, sql: &str) -> anyhow::Result<i64> {
         let rows = self.sql(sql)?;
-        rows.first().and_then(|r| r.first()).and_then(|v| v.as_i64()).with_context(|| format!("no integer from {sql:?}"))
+        rows.first()
+            .and_then(|r| r.first())
+            .and_then(|v| v.as_i64())
+            .with_context(|| format!("no integer from {sql:?}"))
     }
 
     /// The value of one metric on `/metrics` (sum over label sets matching `filter`).
@@ -219,9 +253,15 @@ impl Aggregator {
 
 /// Sum of the samples of `name` whose line contains `filter`, from `/metrics` on `port`.
 pub fn metric_value(port: u16, name: &str, filter: &str) -> f64 {
-    let Ok(text) = get(port, "/metrics") else { return f64::NAN };
+    let Ok(text) = get(port, "/metrics") else {
+        return f64::NAN;
+    };
     text.lines()
-        .filter(|l| !l.starts_with('#') && (l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{"))) && l.contains(filter))
+        .filter(|l| {
+            !l.starts_with('#')
+                && (l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
+                && l.contains(filter)
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -234,7 +274,10 @@ pub fn get(port: u16, path: &str) -> anyhow::Result<String> {
 
 /// `POST /api/v1/sql` returning status and JSON body, whatever the status.
 pub fn post_sql(port: u16, sql: &str) -> anyhow::Result<(u16, serde_json::Value)> {
-    let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
     let mut resp = agent
         .post(&format!("http://127.0.0.1:{port}/api/v1/sql"))
         .header("content-type", "application/json")
@@ -245,7 +288,15 @@ pub fn post_sql(port: u16, sql: &str) -> anyhow::Result<(u16, serde_json::Value)
 }
 
 /// Starts a real node agent.
-pub fn start_agent(pki: &Pki, cert_node: &str, node: &str, quic_port: u16, metrics_port: u16, log: PathBuf, extra: &[&str]) -> anyhow::Result<Proc> {
+pub fn start_agent(
+    pki: &Pki,
+    cert_node: &str,
+    node: &str,
+    quic_port: u16,
+    metrics_port: u16,
+    log: PathBuf,
+    extra: &[&str],
+) -> anyhow::Result<Proc> {
     let mut args: Vec<String> = vec![
         "run".into(),
         "--aggregator".into(),
@@ -298,13 +349,19 @@ pub struct RawClient {
 
 impl RawClient {
     /// Connects with `cert_node`'s certificate from `pki`, trusting `trust`'s CA.
-    pub async fn connect(pki: &Pki, trust: &Pki, cert_node: &str, quic_port: u16) -> anyhow::Result<RawClient> {
+    pub async fn connect(
+        pki: &Pki,
+        trust: &Pki,
+        cert_node: &str,
+        quic_port: u16,
+    ) -> anyhow::Result<RawClient> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_file_iter(trust.ca())? {
             roots.add(c?)?;
         }
-        let certs = CertificateDer::pem_file_iter(pki.node_cert(cert_node))?.collect::<Result<Vec<_>, _>>()?;
+        let certs = CertificateDer::pem_file_iter(pki.node_cert(cert_node))?
+            .collect::<Result<Vec<_>, _>>()?;
         let key = PrivateKeyDer::from_pem_file(pki.node_key(cert_node))?;
         let mut tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -317,7 +374,12 @@ impl RawClient {
         let addr: SocketAddr = format!("127.0.0.1:{quic_port}").parse()?;
         let conn = endpoint.connect(addr, "localhost")?.await?;
         let (send, recv) = conn.open_bi().await?;
-        Ok(RawClient { endpoint, conn, send, recv })
+        Ok(RawClient {
+            endpoint,
+            conn,
+            send,
+            recv,
+        })
     }
 
     /// Writes one frame.
@@ -346,7 +408,9 @@ impl RawClient {
             }
             Ok(wire::decode_frame(&buf)?.map(|(f, _)| f))
         };
-        tokio::time::timeout(Duration::from_secs(10), read).await.context("no frame within 10 s")?
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .context("no frame within 10 s")?
     }
 
     /// Sends a hello for `node`/`session` and returns the answer.
@@ -379,7 +443,12 @@ pub fn test_batch(t0_ms: i64, n_series: usize, points: usize, tag: &str) -> comm
         series: (0..n_series)
             .map(|i| SeriesPoints {
                 key: SeriesKey::new("host", format!("test.{tag}.{i}")),
-                points: (0..points).map(|p| Point { ts_ms: t0_ms + p as i64 * 1000, value: (i * 1000 + p) as f64 }).collect(),
+                points: (0..points)
+                    .map(|p| Point {
+                        ts_ms: t0_ms + p as i64 * 1000,
+                        value: (i * 1000 + p) as f64,
+                    })
+                    .collect(),
             })
             .collect(),
         events: vec![],

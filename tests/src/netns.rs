@@ -26,22 +26,39 @@ use crate::{Aggregator, Pki, Proc, bin_dir, get};
 pub fn privileged(what: &str) -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
-    let tools = ["ip", "tc", "mount", "umount"]
-        .iter()
-        .all(|t| Command::new(t).arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok());
+    let tools = ["ip", "tc", "mount", "umount"].iter().all(|t| {
+        Command::new(t)
+            .arg("-V")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+    });
     if root && tools {
         return true;
     }
-    let why = if root { "ip, tc, mount and umount" } else { "root" };
+    let why = if root {
+        "ip, tc, mount and umount"
+    } else {
+        "root"
+    };
     println!("skipped: needs {why} for {what}");
     false
 }
 
 /// Runs a command, failing with its stderr when it exits non-zero.
 pub fn sh(program: &str, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new(program).args(args).stdin(Stdio::null()).output().with_context(|| format!("cannot run {program}"))?;
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {program}"))?;
     if !out.status.success() {
-        bail!("`{program} {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -75,11 +92,43 @@ impl NetNs {
         };
         // From here on, drop cleans up whatever part was made.
         sh("ip", &["netns", "add", &ns.name])?;
-        sh("ip", &["link", "add", &ns.host_if, "type", "veth", "peer", "name", &ns.ns_if])?;
+        sh(
+            "ip",
+            &[
+                "link",
+                "add",
+                &ns.host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &ns.ns_if,
+            ],
+        )?;
         sh("ip", &["link", "set", &ns.ns_if, "netns", &ns.name])?;
-        sh("ip", &["addr", "add", &format!("{}/30", ns.host_addr), "dev", &ns.host_if])?;
+        sh(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("{}/30", ns.host_addr),
+                "dev",
+                &ns.host_if,
+            ],
+        )?;
         sh("ip", &["link", "set", &ns.host_if, "up"])?;
-        sh("ip", &["-n", &ns.name, "addr", "add", &format!("{}/30", ns.ns_addr), "dev", &ns.ns_if])?;
+        sh(
+            "ip",
+            &[
+                "-n",
+                &ns.name,
+                "addr",
+                "add",
+                &format!("{}/30", ns.ns_addr),
+                "dev",
+                &ns.ns_if,
+            ],
+        )?;
         sh("ip", &["-n", &ns.name, "link", "set", &ns.ns_if, "up"])?;
         sh("ip", &["-n", &ns.name, "link", "set", "lo", "up"])?;
         Ok(ns)
@@ -87,7 +136,20 @@ impl NetNs {
 
     /// Whether this kernel has `tc netem` (`CONFIG_NET_SCH_NETEM`); probed on the host end.
     pub fn has_netem(&self) -> bool {
-        let ok = sh("tc", &["qdisc", "add", "dev", &self.host_if, "root", "netem", "delay", "1ms"]).is_ok();
+        let ok = sh(
+            "tc",
+            &[
+                "qdisc",
+                "add",
+                "dev",
+                &self.host_if,
+                "root",
+                "netem",
+                "delay",
+                "1ms",
+            ],
+        )
+        .is_ok();
         if ok {
             let _ = sh("tc", &["qdisc", "del", "dev", &self.host_if, "root"]);
         }
@@ -100,7 +162,16 @@ impl NetNs {
         let mut host = vec!["qdisc", "replace", "dev", &self.host_if, "root", "netem"];
         host.extend(spec);
         sh("tc", &host)?;
-        let mut inner = vec!["-n", &self.name, "qdisc", "replace", "dev", &self.ns_if, "root", "netem"];
+        let mut inner = vec![
+            "-n",
+            &self.name,
+            "qdisc",
+            "replace",
+            "dev",
+            &self.ns_if,
+            "root",
+            "netem",
+        ];
         inner.extend(spec);
         sh("tc", &inner)
     }
@@ -113,19 +184,30 @@ impl NetNs {
 
     /// Undoes [`NetNs::partition`] and [`NetNs::netem`]: the link is up and clean again.
     pub fn heal(&self) -> anyhow::Result<()> {
-        let _ = Command::new("tc").args(["qdisc", "del", "dev", &self.host_if, "root"]).stderr(Stdio::null()).status();
-        let _ = Command::new("tc").args(["-n", &self.name, "qdisc", "del", "dev", &self.ns_if, "root"]).stderr(Stdio::null()).status();
+        let _ = Command::new("tc")
+            .args(["qdisc", "del", "dev", &self.host_if, "root"])
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("tc")
+            .args(["-n", &self.name, "qdisc", "del", "dev", &self.ns_if, "root"])
+            .stderr(Stdio::null())
+            .status();
         sh("ip", &["link", "set", &self.host_if, "up"])
     }
 
     /// Starts `program` (a path) inside the namespace, output to `log`, killed on drop.
     pub fn spawn(&self, program: &Path, args: &[String], log: PathBuf) -> anyhow::Result<Proc> {
-        let netns = std::fs::File::open(format!("/run/netns/{}", self.name)).context("namespace handle")?;
+        let netns =
+            std::fs::File::open(format!("/run/netns/{}", self.name)).context("namespace handle")?;
         let fd = netns.as_raw_fd();
         let out = std::fs::File::create(&log)?;
         let err = out.try_clone()?;
         let mut cmd = Command::new(program);
-        cmd.args(args).env("RUST_LOG", "info").stdin(Stdio::null()).stdout(out).stderr(err);
+        cmd.args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
         // SAFETY: setns(2) is async-signal-safe; `fd` stays open until spawn returns
         // (`netns` lives to the end of this function).
         unsafe {
@@ -136,7 +218,9 @@ impl NetNs {
                 Ok(())
             });
         }
-        let child = cmd.spawn().with_context(|| format!("cannot start {} in {}", program.display(), self.name))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {} in {}", program.display(), self.name))?;
         drop(netns);
         Ok(Proc { child, log })
     }
@@ -146,7 +230,10 @@ impl Drop for NetNs {
     fn drop(&mut self) {
         // Deleting the namespace deletes its end of the veth pair, and with it the host end.
         let _ = sh("ip", &["netns", "del", &self.name]);
-        let _ = Command::new("ip").args(["link", "del", &self.host_if]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
@@ -192,23 +279,34 @@ impl UdpRelay {
         let (to_client, down_rx) = mpsc::channel::<(Instant, Vec<u8>)>();
         {
             let (back, stop) = (back.clone(), stop.clone());
-            threads.push(std::thread::spawn(move || delay_line(up_rx, &stop, |p| back.send(p).map(|_| ()))));
+            threads.push(std::thread::spawn(move || {
+                delay_line(up_rx, &stop, |p| back.send(p).map(|_| ()))
+            }));
         }
         {
             let (front, stop, client) = (front.clone(), stop.clone(), client.clone());
             threads.push(std::thread::spawn(move || {
-                delay_line(down_rx, &stop, |p| match *client.lock().unwrap_or_else(|e| e.into_inner()) {
-                    Some(to) => front.send_to(p, to).map(|_| ()),
-                    None => Ok(()),
+                delay_line(down_rx, &stop, |p| {
+                    match *client.lock().unwrap_or_else(|e| e.into_inner()) {
+                        Some(to) => front.send_to(p, to).map(|_| ()),
+                        None => Ok(()),
+                    }
                 })
             }));
         }
         {
-            let (front, stop, imp, client) = (front.clone(), stop.clone(), impairment.clone(), client.clone());
+            let (front, stop, imp, client) = (
+                front.clone(),
+                stop.clone(),
+                impairment.clone(),
+                client.clone(),
+            );
             threads.push(std::thread::spawn(move || {
                 let mut buf = vec![0u8; 65536];
                 while !stop.load(Ordering::Relaxed) {
-                    let Ok((n, from)) = front.recv_from(&mut buf) else { continue };
+                    let Ok((n, from)) = front.recv_from(&mut buf) else {
+                        continue;
+                    };
                     *client.lock().unwrap_or_else(|e| e.into_inner()) = Some(from);
                     if let Some(due) = imp.admit() {
                         let _ = to_server.send((due, buf[..n].to_vec()));
@@ -228,13 +326,22 @@ impl UdpRelay {
                 }
             }));
         }
-        Ok(UdpRelay { addr, impairment, stop, threads })
+        Ok(UdpRelay {
+            addr,
+            impairment,
+            stop,
+            threads,
+        })
     }
 
     /// Drops `loss_pct` percent of the packets and delays the rest by `delay`, each way.
     pub fn impair(&self, loss_pct: f64, delay: Duration) {
-        self.impairment.loss_ppm.store((loss_pct * 10_000.0) as u32, Ordering::Relaxed);
-        self.impairment.delay_ms.store(delay.as_millis() as u64, Ordering::Relaxed);
+        self.impairment
+            .loss_ppm
+            .store((loss_pct * 10_000.0) as u32, Ordering::Relaxed);
+        self.impairment
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Passes everything at once again.
@@ -254,9 +361,15 @@ impl Impairment {
     }
 }
 
-fn delay_line(rx: mpsc::Receiver<(Instant, Vec<u8>)>, stop: &AtomicBool, send: impl Fn(&[u8]) -> std::io::Result<()>) {
+fn delay_line(
+    rx: mpsc::Receiver<(Instant, Vec<u8>)>,
+    stop: &AtomicBool,
+    send: impl Fn(&[u8]) -> std::io::Result<()>,
+) {
     while !stop.load(Ordering::Relaxed) {
-        let Ok((due, packet)) = rx.recv_timeout(Duration::from_millis(100)) else { continue };
+        let Ok((due, packet)) = rx.recv_timeout(Duration::from_millis(100)) else {
+            continue;
+        };
         let now = Instant::now();
         if due > now {
             std::thread::sleep(due - now);
@@ -287,8 +400,20 @@ impl Tmpfs {
     pub fn mount(path: &Path, size: &str) -> anyhow::Result<Tmpfs> {
         std::fs::create_dir_all(path)?;
         let path_text = path.display().to_string();
-        sh("mount", &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", &path_text])?;
-        Ok(Tmpfs { path: path.to_path_buf() })
+        sh(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+                &path_text,
+            ],
+        )?;
+        Ok(Tmpfs {
+            path: path.to_path_buf(),
+        })
     }
 
     /// Writes `name` with zeros until the file system refuses (ENOSPC); returns its size.
@@ -311,12 +436,22 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.path).stderr(Stdio::null()).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
 /// Starts an aggregator whose QUIC endpoint listens on `quic` (HTTP stays on 127.0.0.1).
-pub fn start_aggregator_on(pki: &Pki, data_dir: &Path, http_port: u16, quic: SocketAddr, extra: &[&str]) -> anyhow::Result<Aggregator> {
+pub fn start_aggregator_on(
+    pki: &Pki,
+    data_dir: &Path,
+    http_port: u16,
+    quic: SocketAddr,
+    extra: &[&str],
+) -> anyhow::Result<Aggregator> {
     let mut args: Vec<String> = vec![
         "serve".into(),
         "--data-dir".into(),
@@ -348,17 +483,31 @@ pub fn start_aggregator_on(pki: &Pki, data_dir: &Path, http_port: u16, quic: Soc
     let deadline = Instant::now() + Duration::from_secs(30);
     while get(http_port, "/healthz").is_err() {
         if !proc.running() || Instant::now() > deadline {
-            bail!("aggregator did not become healthy; log:\n{}", proc.log_text());
+            bail!(
+                "aggregator did not become healthy; log:\n{}",
+                proc.log_text()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(Aggregator { proc, http_port, quic_port: quic.port(), data_dir: data_dir.to_path_buf() })
+    Ok(Aggregator {
+        proc,
+        http_port,
+        quic_port: quic.port(),
+        data_dir: data_dir.to_path_buf(),
+    })
 }
 
 /// Arguments of `node-agent run` for `node` shipping to `aggregator`, serving `/metrics` on
 /// `metrics`, spooling in `spool`, one batch a second, with a long drain so a clean stop
 /// delivers everything.
-pub fn agent_args(pki: &Pki, node: &str, aggregator: SocketAddr, metrics: SocketAddr, spool: &Path) -> Vec<String> {
+pub fn agent_args(
+    pki: &Pki,
+    node: &str,
+    aggregator: SocketAddr,
+    metrics: SocketAddr,
+    spool: &Path,
+) -> Vec<String> {
     [
         "run",
         "--aggregator",
@@ -386,7 +535,14 @@ pub fn agent_args(pki: &Pki, node: &str, aggregator: SocketAddr, metrics: Socket
 }
 
 /// Starts a node agent on the host with [`agent_args`].
-pub fn start_agent_on_host(pki: &Pki, node: &str, aggregator: SocketAddr, metrics: SocketAddr, spool: &Path, log: PathBuf) -> anyhow::Result<Proc> {
+pub fn start_agent_on_host(
+    pki: &Pki,
+    node: &str,
+    aggregator: SocketAddr,
+    metrics: SocketAddr,
+    spool: &Path,
+    log: PathBuf,
+) -> anyhow::Result<Proc> {
     let out = std::fs::File::create(&log)?;
     let err = out.try_clone()?;
     let child = Command::new(bin_dir().join("node-agent"))
@@ -402,7 +558,10 @@ pub fn start_agent_on_host(pki: &Pki, node: &str, aggregator: SocketAddr, metric
 
 /// `/metrics` of the agent at `addr` (3 s timeout: during a partition it cannot answer).
 pub fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
-    let agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(3))).build().new_agent();
+    let agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(3)))
+        .build()
+        .new_agent();
     let mut resp = agent.get(&format!("http://{addr}/metrics")).call()?;
     Ok(resp.body_mut().read_to_string()?)
 }
@@ -411,7 +570,9 @@ pub fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
 pub fn metric_in(text: &str, name: &str) -> Option<f64> {
     let mut found = None;
     for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some(rest) = line.strip_prefix(name) else { continue };
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
         if !(rest.starts_with(' ') || rest.starts_with('{')) {
             continue;
         }
@@ -446,7 +607,11 @@ pub struct AgentTotals {
 /// to the interval the batcher is empty between ticks and a stop builds nothing more, so
 /// this waits until `agent_samples_built_total` has just moved (a tick was shipped, the next
 /// is about a second away), reads everything from that scrape and signals at once.
-pub fn stop_agent_counting(agent: &mut Proc, metrics: SocketAddr, limit: Duration) -> anyhow::Result<AgentTotals> {
+pub fn stop_agent_counting(
+    agent: &mut Proc,
+    metrics: SocketAddr,
+    limit: Duration,
+) -> anyhow::Result<AgentTotals> {
     let read = || -> Option<(String, f64)> {
         let text = scrape(metrics).ok()?;
         let built = metric_in(&text, "agent_samples_built_total")?;
@@ -489,7 +654,9 @@ pub fn duplicates(agg: &Aggregator, node: &str) -> anyhow::Result<i64> {
 
 /// Rows of `node` in `samples`.
 pub fn stored(agg: &Aggregator, node: &str) -> anyhow::Result<i64> {
-    agg.count(&format!("SELECT count(*) FROM samples WHERE node = '{node}'"))
+    agg.count(&format!(
+        "SELECT count(*) FROM samples WHERE node = '{node}'"
+    ))
 }
 
 /// Latest value of the agent's own `agent.shed_samples` as the aggregator stored it.
@@ -498,10 +665,17 @@ pub fn reported_shed(agg: &Aggregator, node: &str) -> anyhow::Result<i64> {
         "SELECT value FROM samples WHERE node = '{node}' AND entity = 'agent' AND metric = 'agent.shed_samples' \
          ORDER BY ts DESC LIMIT 1"
     ))?;
-    Ok(rows.first().and_then(|r| r.first()).and_then(|v| v.as_f64()).unwrap_or(0.0) as i64)
+    Ok(rows
+        .first()
+        .and_then(|r| r.first())
+        .and_then(|v| v.as_f64())
+        .unwrap_or(0.0) as i64)
 }
 
 /// `FAULT_<NAME>` from the environment as seconds, else `default`.
 pub fn env_secs(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
 }

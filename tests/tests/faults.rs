@@ -35,7 +35,10 @@ use e2e::*;
 const NODE: &str = "node-a";
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Waits until the aggregator holds at least `n` rows of the node.
@@ -44,7 +47,13 @@ fn wait_stored(agg: &Aggregator, n: i64, limit: Duration) -> Option<i64> {
 }
 
 /// The agent's totals against what the aggregator holds; prints the figures.
-fn verify(test: &str, agg: &Aggregator, totals: AgentTotals, agent_log: &str, note: &str) -> anyhow::Result<()> {
+fn verify(
+    test: &str,
+    agg: &Aggregator,
+    totals: AgentTotals,
+    agent_log: &str,
+    note: &str,
+) -> anyhow::Result<()> {
     let stored = stored(agg, NODE)?;
     let dups = duplicates(agg, NODE)?;
     let reported = reported_shed(agg, NODE)?;
@@ -58,7 +67,10 @@ fn verify(test: &str, agg: &Aggregator, totals: AgentTotals, agent_log: &str, no
         expected - stored,
     );
     assert_eq!(dups, 0, "{test}: duplicate rows");
-    assert_eq!(totals.nacked_batches, 0, "{test}: the aggregator refused batches");
+    assert_eq!(
+        totals.nacked_batches, 0,
+        "{test}: the aggregator refused batches"
+    );
     assert_eq!(
         stored,
         expected,
@@ -94,29 +106,54 @@ impl NetSetup {
         let pki = Pki::generate(&dir.join("pki"), &[NODE])?;
         let ns = NetNs::create()?;
         let quic = SocketAddr::from((ns.host_addr, free_port()));
-        let agg = start_aggregator_on(&pki, &dir.join("data"), free_port(), quic, &["--flush-interval-secs", "5"])?;
-        let relay = if relay { Some(UdpRelay::start(SocketAddr::from((ns.host_addr, 0)), quic)?) } else { None };
+        let agg = start_aggregator_on(
+            &pki,
+            &dir.join("data"),
+            free_port(),
+            quic,
+            &["--flush-interval-secs", "5"],
+        )?;
+        let relay = if relay {
+            Some(UdpRelay::start(SocketAddr::from((ns.host_addr, 0)), quic)?)
+        } else {
+            None
+        };
         let dial = relay.as_ref().map(|r| r.addr).unwrap_or(quic);
         let metrics = SocketAddr::from((ns.ns_addr, free_port()));
         let args = agent_args(&pki, NODE, dial, metrics, &dir.join("spool"));
         let agent = ns.spawn(&bin_dir().join("node-agent"), &args, dir.join("agent.log"))?;
-        let setup = NetSetup { agent, relay, agg, ns, metrics, _dir: dir };
-        wait_stored(&setup.agg, 1, Duration::from_secs(30))
-            .with_context(|| format!("no data through the veth link within 30 s; agent log:\n{}", setup.agent.log_text()))?;
+        let setup = NetSetup {
+            agent,
+            relay,
+            agg,
+            ns,
+            metrics,
+            _dir: dir,
+        };
+        wait_stored(&setup.agg, 1, Duration::from_secs(30)).with_context(|| {
+            format!(
+                "no data through the veth link within 30 s; agent log:\n{}",
+                setup.agent.log_text()
+            )
+        })?;
         Ok(setup)
     }
 
     fn built(&self) -> anyhow::Result<i64> {
-        let v = wait_for(Duration::from_secs(15), || agent_metric(self.metrics, "agent_samples_built_total"))
-            .context("agent /metrics unreachable")?;
+        let v = wait_for(Duration::from_secs(15), || {
+            agent_metric(self.metrics, "agent_samples_built_total")
+        })
+        .context("agent /metrics unreachable")?;
         Ok(v as i64)
     }
 
     /// Waits until everything the agent built so far (less what it shed) is stored.
     fn catch_up(&self, limit: Duration) -> anyhow::Result<Duration> {
         let start = Instant::now();
-        let text = wait_for(Duration::from_secs(15), || scrape(self.metrics).ok()).context("agent /metrics unreachable")?;
-        let target = metric_in(&text, "agent_samples_built_total").unwrap_or(0.0) - metric_in(&text, "agent_samples_shed_total").unwrap_or(0.0);
+        let text = wait_for(Duration::from_secs(15), || scrape(self.metrics).ok())
+            .context("agent /metrics unreachable")?;
+        let target = metric_in(&text, "agent_samples_built_total").unwrap_or(0.0)
+            - metric_in(&text, "agent_samples_shed_total").unwrap_or(0.0);
         wait_stored(&self.agg, target as i64, limit).with_context(|| {
             format!(
                 "backlog not delivered within {limit:?} (want {target} rows, have {:?}); agent log tail:\n{}",
@@ -158,7 +195,13 @@ fn network_partition_then_heal() -> anyhow::Result<()> {
          backlog_delivered_in={:.1}s connect_failures={failures}",
         recovery.as_secs_f64()
     );
-    verify("network_partition_then_heal", &s.agg, totals, &s.agent.log_text(), &note)
+    verify(
+        "network_partition_then_heal",
+        &s.agg,
+        totals,
+        &s.agent.log_text(),
+        &note,
+    )
 }
 
 #[test]
@@ -186,17 +229,30 @@ fn lossy_slow_link() -> anyhow::Result<()> {
     }
     let built_during = s.built()? - built_before;
     // The link is bad, not down: data keeps arriving.
-    assert!(stored_during > 0, "nothing arrived over the lossy link in {secs} s");
+    assert!(
+        stored_during > 0,
+        "nothing arrived over the lossy link in {secs} s"
+    );
     let recovery = s.catch_up(Duration::from_secs(60))?;
 
     let totals = stop_agent_counting(&mut s.agent, s.metrics, Duration::from_secs(90))?;
     let note = format!(
         " | lossy={secs}s (20% loss + 200 ms delay each way, by {}) built_during={built_during} \
          stored_during={stored_during} rest_delivered_in={:.1}s",
-        if netem { "tc netem" } else { "the UDP relay: no netem in this kernel" },
+        if netem {
+            "tc netem"
+        } else {
+            "the UDP relay: no netem in this kernel"
+        },
         recovery.as_secs_f64()
     );
-    verify("lossy_slow_link", &s.agg, totals, &s.agent.log_text(), &note)
+    verify(
+        "lossy_slow_link",
+        &s.agg,
+        totals,
+        &s.agent.log_text(),
+        &note,
+    )
 }
 
 #[test]
@@ -212,19 +268,47 @@ fn aggregator_disk_full_then_freed() -> anyhow::Result<()> {
     let (http, quic, mport) = (free_port(), free_port(), free_port());
     let quic_addr = SocketAddr::from(([127, 0, 0, 1], quic));
     let metrics = SocketAddr::from(([127, 0, 0, 1], mport));
-    let mut agg = Aggregator::start(&pki, &disk.path, http, quic, &["--flush-interval-secs", "3"])?;
-    let mut agent = start_agent_on_host(&pki, NODE, quic_addr, metrics, &dir.join("spool"), dir.join("agent.log"))?;
-    wait_stored(&agg, 1, Duration::from_secs(30)).with_context(|| format!("no data before the fault; agent log:\n{}", agent.log_text()))?;
+    let mut agg = Aggregator::start(
+        &pki,
+        &disk.path,
+        http,
+        quic,
+        &["--flush-interval-secs", "3"],
+    )?;
+    let mut agent = start_agent_on_host(
+        &pki,
+        NODE,
+        quic_addr,
+        metrics,
+        &dir.join("spool"),
+        dir.join("agent.log"),
+    )?;
+    wait_stored(&agg, 1, Duration::from_secs(30))
+        .with_context(|| format!("no data before the fault; agent log:\n{}", agent.log_text()))?;
     std::thread::sleep(Duration::from_secs(4));
 
     let stored_before = stored(&agg, NODE)?;
     let ballast = disk.fill("ballast")?;
     // The next WAL group commit hits ENOSPC.
-    wait_for(Duration::from_secs(20), || agg.proc.log_text().contains("WAL write failed").then_some(()))
-        .with_context(|| format!("the aggregator never failed a WAL write; log:\n{}", tail(&agg.proc.log_text(), 30)))?;
+    wait_for(Duration::from_secs(20), || {
+        agg.proc
+            .log_text()
+            .contains("WAL write failed")
+            .then_some(())
+    })
+    .with_context(|| {
+        format!(
+            "the aggregator never failed a WAL write; log:\n{}",
+            tail(&agg.proc.log_text(), 30)
+        )
+    })?;
     std::thread::sleep(Duration::from_secs(full_secs));
     // Still up, still answering, not acking what it cannot store.
-    assert!(agg.proc.running(), "aggregator died on a full disk; log:\n{}", agg.proc.log_text());
+    assert!(
+        agg.proc.running(),
+        "aggregator died on a full disk; log:\n{}",
+        agg.proc.log_text()
+    );
     assert_eq!(get(http, "/healthz")?.trim(), "ok");
     let stored_during = stored(&agg, NODE)? - stored_before;
     let agent_log = agent.log_text();
@@ -237,7 +321,10 @@ fn aggregator_disk_full_then_freed() -> anyhow::Result<()> {
     let started = Instant::now();
     let target = wait_for(Duration::from_secs(15), || {
         let t = scrape(metrics).ok()?;
-        Some(metric_in(&t, "agent_samples_built_total")? - metric_in(&t, "agent_samples_shed_total").unwrap_or(0.0))
+        Some(
+            metric_in(&t, "agent_samples_built_total")?
+                - metric_in(&t, "agent_samples_shed_total").unwrap_or(0.0),
+        )
     })
     .context("agent /metrics")?;
     wait_stored(&agg, target as i64, Duration::from_secs(90)).with_context(|| {
@@ -256,16 +343,31 @@ fn aggregator_disk_full_then_freed() -> anyhow::Result<()> {
          recovered_in={:.1}s",
         recovery.as_secs_f64()
     );
-    verify("aggregator_disk_full_then_freed", &agg, totals, &agent.log_text(), &note)?;
+    verify(
+        "aggregator_disk_full_then_freed",
+        &agg,
+        totals,
+        &agent.log_text(),
+        &note,
+    )?;
 
     // What was acked survives a restart on the disk that was full (WAL segments with torn
     // records from the failed writes are replayed).
     let before_restart = stored(&agg, NODE)?;
-    assert!(agg.proc.terminate(Duration::from_secs(60))?.success(), "aggregator exit; log:\n{}", agg.proc.log_text());
+    assert!(
+        agg.proc.terminate(Duration::from_secs(60))?.success(),
+        "aggregator exit; log:\n{}",
+        agg.proc.log_text()
+    );
     let agg = Aggregator::start(&pki, &disk.path, http, quic, &[])?;
     let after_restart = stored(&agg, NODE)?;
-    println!("faults: aggregator_disk_full_then_freed: rows before restart={before_restart} after={after_restart}");
-    assert_eq!(after_restart, before_restart, "rows changed across an aggregator restart");
+    println!(
+        "faults: aggregator_disk_full_then_freed: rows before restart={before_restart} after={after_restart}"
+    );
+    assert_eq!(
+        after_restart, before_restart,
+        "rows changed across an aggregator restart"
+    );
     assert_eq!(duplicates(&agg, NODE)?, 0);
     drop(agg);
     drop(disk);
@@ -279,7 +381,9 @@ fn spool_records(bytes: &[u8]) -> Vec<(usize, usize, u64, u32)> {
     let mut pos = 0;
     while let Some(h) = bytes.get(pos..pos + 8) {
         let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
-        let Some(body) = bytes.get(pos + 8..pos + 8 + len) else { break };
+        let Some(body) = bytes.get(pos + 8..pos + 8 + len) else {
+            break;
+        };
         if len < 12 {
             break;
         }
@@ -304,7 +408,9 @@ fn oldest_segment(spool: &Path) -> Option<PathBuf> {
 /// Damages the record holding the middle byte of `segment` (never the first record, so a
 /// valid prefix remains): flips bytes in the middle of its body, so its checksum fails.
 /// Returns the records before it and the records from it on.
-fn damage_middle(segment: &Path) -> anyhow::Result<(Vec<(usize, usize, u64, u32)>, Vec<(usize, usize, u64, u32)>)> {
+fn damage_middle(
+    segment: &Path,
+) -> anyhow::Result<(Vec<(usize, usize, u64, u32)>, Vec<(usize, usize, u64, u32)>)> {
     let mut bytes = std::fs::read(segment)?;
     let records = spool_records(&bytes);
     if records.len() < 3 {
@@ -331,7 +437,14 @@ fn corrupted_spool_segment_is_quarantined() -> anyhow::Result<()> {
     let metrics = SocketAddr::from(([127, 0, 0, 1], mport));
 
     // No aggregator: everything stays in the spool.
-    let mut agent = start_agent_on_host(&pki, NODE, quic_addr, metrics, &spool, dir.join("agent1.log"))?;
+    let mut agent = start_agent_on_host(
+        &pki,
+        NODE,
+        quic_addr,
+        metrics,
+        &spool,
+        dir.join("agent1.log"),
+    )?;
     let enough = wait_for(Duration::from_secs(30), || {
         let seg = oldest_segment(&spool)?;
         (spool_records(&std::fs::read(seg).ok()?).len() >= 6).then_some(())
@@ -345,17 +458,46 @@ fn corrupted_spool_segment_is_quarantined() -> anyhow::Result<()> {
 
     let agg = Aggregator::start(&pki, &dir.join("data"), http, quic, &[])?;
     let restart_ms = now_ms();
-    let mut agent = start_agent_on_host(&pki, NODE, quic_addr, metrics, &spool, dir.join("agent2.log"))?;
-    wait_for(Duration::from_secs(15), || agent.log_text().contains("damaged segment quarantined").then_some(()))
-        .with_context(|| format!("no quarantine logged; agent log:\n{}", agent.log_text()))?;
-    let quarantined = wait_for(Duration::from_secs(10), || agent_metric(metrics, "agent_spool_quarantined_segments_total")).unwrap_or(0.0);
-    assert!(quarantined >= 1.0, "agent_spool_quarantined_segments_total = {quarantined}");
-    let copies = std::fs::read_dir(spool.join("quarantine")).map(|d| d.count()).unwrap_or(0);
+    let mut agent = start_agent_on_host(
+        &pki,
+        NODE,
+        quic_addr,
+        metrics,
+        &spool,
+        dir.join("agent2.log"),
+    )?;
+    wait_for(Duration::from_secs(15), || {
+        agent
+            .log_text()
+            .contains("damaged segment quarantined")
+            .then_some(())
+    })
+    .with_context(|| format!("no quarantine logged; agent log:\n{}", agent.log_text()))?;
+    let quarantined = wait_for(Duration::from_secs(10), || {
+        agent_metric(metrics, "agent_spool_quarantined_segments_total")
+    })
+    .unwrap_or(0.0);
+    assert!(
+        quarantined >= 1.0,
+        "agent_spool_quarantined_segments_total = {quarantined}"
+    );
+    let copies = std::fs::read_dir(spool.join("quarantine"))
+        .map(|d| d.count())
+        .unwrap_or(0);
     assert!(copies >= 1, "no copy in quarantine/");
     // Later data flows: samples from after the restart arrive.
-    let after = format!("SELECT count(*) FROM samples WHERE node = '{NODE}' AND ts >= to_timestamp_millis({restart_ms})");
-    wait_for(Duration::from_secs(30), || (agg.count(&after).ok()? > 0).then_some(()))
-        .with_context(|| format!("no new data after the restart; agent log:\n{}", agent.log_text()))?;
+    let after = format!(
+        "SELECT count(*) FROM samples WHERE node = '{NODE}' AND ts >= to_timestamp_millis({restart_ms})"
+    );
+    wait_for(Duration::from_secs(30), || {
+        (agg.count(&after).ok()? > 0).then_some(())
+    })
+    .with_context(|| {
+        format!(
+            "no new data after the restart; agent log:\n{}",
+            agent.log_text()
+        )
+    })?;
 
     let totals = stop_agent_counting(&mut agent, metrics, Duration::from_secs(60))?;
     // Exact here too: the intact records from the first run plus what the second built.
@@ -375,7 +517,12 @@ fn corrupted_spool_segment_is_quarantined() -> anyhow::Result<()> {
         totals.shed,
     );
     assert_eq!(dups, 0);
-    assert_eq!(stored_rows, expected, "intact spooled samples + second run's samples ≠ stored; agent log:\n{}", agent.log_text());
+    assert_eq!(
+        stored_rows,
+        expected,
+        "intact spooled samples + second run's samples ≠ stored; agent log:\n{}",
+        agent.log_text()
+    );
     Ok(())
 }
 
@@ -399,21 +546,44 @@ fn quarantine_of_acked_records_does_not_reuse_seqs() -> anyhow::Result<()> {
     let metrics = SocketAddr::from(([127, 0, 0, 1], mport));
     let agg = Aggregator::start(&pki, &dir.join("data"), http, quic, &[])?;
 
-    let mut agent = start_agent_on_host(&pki, NODE, quic_addr, metrics, &spool, dir.join("agent1.log"))?;
+    let mut agent = start_agent_on_host(
+        &pki,
+        NODE,
+        quic_addr,
+        metrics,
+        &spool,
+        dir.join("agent1.log"),
+    )?;
     // Everything delivered and acked; the (only, newest) segment still holds the records.
     let enough = wait_for(Duration::from_secs(40), || {
         let n = spool_records(&std::fs::read(oldest_segment(&spool)?).ok()?).len();
         (n >= 12 && agent_metric(metrics, "agent_outbox_batches")? <= 1.0).then_some(())
     });
     let first = stop_agent_counting(&mut agent, metrics, Duration::from_secs(30));
-    enough.with_context(|| format!("the first run did not get going; agent log:\n{}", agent.log_text()))?;
+    enough.with_context(|| {
+        format!(
+            "the first run did not get going; agent log:\n{}",
+            agent.log_text()
+        )
+    })?;
     let first = first?;
     let stored_first = stored(&agg, NODE)?;
-    assert_eq!(stored_first, first.built as i64 - first.shed as i64, "first run not fully delivered");
+    assert_eq!(
+        stored_first,
+        first.built as i64 - first.shed as i64,
+        "first run not fully delivered"
+    );
 
     let segment = oldest_segment(&spool).context("no segment")?;
     let (kept, lost) = damage_middle(&segment)?;
-    let mut agent = start_agent_on_host(&pki, NODE, quic_addr, metrics, &spool, dir.join("agent2.log"))?;
+    let mut agent = start_agent_on_host(
+        &pki,
+        NODE,
+        quic_addr,
+        metrics,
+        &spool,
+        dir.join("agent2.log"),
+    )?;
     std::thread::sleep(Duration::from_secs(8));
     let second = stop_agent_counting(&mut agent, metrics, Duration::from_secs(30))?;
     let new_rows = stored(&agg, NODE)? - stored_first;

@@ -76,8 +76,14 @@ const REQUIREMENTS: &[Requirement] = &[
     },
 ];
 
+/// The nightly that builds the eBPF programs, pinned in `ebpf/TOOLCHAIN` (read by
+/// `node-agent/build.rs` too). Pinned, not `nightly`: bpf-linker links with LLVM 22, and a
+/// newer nightly's LLVM 23 bitcode fails to link ("Invalid record"). Installing a dated
+/// toolchain never touches the machine's own `nightly`.
+pub const EBPF_TOOLCHAIN: &str = include_str!("../../ebpf/TOOLCHAIN").trim_ascii();
+
 /// EBPF_REQUIREMENTS: what building the eBPF programs (`ebpf/`, built by
-/// `node-agent/build.rs`) needs. Installed in this order: LLVM (apt), nightly `rust-src`
+/// `node-agent/build.rs`) needs. Installed in this order: LLVM (apt), the pinned nightly with `rust-src`
 /// (`-Z build-std=core` for bpfel), then bpf-linker (links against LLVM 22; takes a few
 /// minutes once). These rows are soft: when one cannot be installed, setup says so and goes
 /// on, and the agent builds without eBPF programs (its eBPF collectors report themselves
@@ -92,14 +98,14 @@ const EBPF_REQUIREMENTS: &[Requirement] = &[
     Requirement {
         name: "rust-src",
         check: Check::ToolchainComponent {
-            toolchain: "nightly",
+            toolchain: EBPF_TOOLCHAIN,
             component: "rust-src",
         },
         install: Install::ToolchainComponent {
-            toolchain: "nightly",
+            toolchain: EBPF_TOOLCHAIN,
             component: "rust-src",
         },
-        why: "nightly core sources: the eBPF programs build core for bpfel",
+        why: "pinned nightly with core sources: the eBPF programs build core for bpfel",
     },
     Requirement {
         name: "bpf-linker",

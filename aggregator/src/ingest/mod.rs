@@ -39,7 +39,11 @@ pub struct IngestLimits {
 
 impl Default for IngestLimits {
     fn default() -> Self {
-        IngestLimits { max_connections: 10_000, max_inflight_batches: 64, max_inflight_kib: 256 * 1024 }
+        IngestLimits {
+            max_connections: 10_000,
+            max_inflight_batches: 64,
+            max_inflight_kib: 256 * 1024,
+        }
     }
 }
 
@@ -79,7 +83,13 @@ enum ConnError {
 }
 
 /// Serves connections on `endpoint` until `shutdown` turns true.
-pub async fn run(endpoint: quinn::Endpoint, store: Store, metrics: Metrics, limits: IngestLimits, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    endpoint: quinn::Endpoint,
+    store: Store,
+    metrics: Metrics,
+    limits: IngestLimits,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let conn_slots = Arc::new(Semaphore::new(limits.max_connections));
     let inflight = Arc::new(Semaphore::new(limits.max_inflight_kib));
     loop {
@@ -93,7 +103,12 @@ pub async fn run(endpoint: quinn::Endpoint, store: Store, metrics: Metrics, limi
             incoming.refuse();
             continue;
         };
-        let (store, metrics, inflight, limits) = (store.clone(), metrics.clone(), inflight.clone(), limits.clone());
+        let (store, metrics, inflight, limits) = (
+            store.clone(),
+            metrics.clone(),
+            inflight.clone(),
+            limits.clone(),
+        );
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             metrics.connections_open.inc();
@@ -103,19 +118,26 @@ pub async fn run(endpoint: quinn::Endpoint, store: Store, metrics: Metrics, limi
             match res {
                 Ok(node) => tracing::info!(%remote, node = %node, "node disconnected"),
                 Err(ConnError::Handshake(e)) => {
-                    metrics.connections.with_label_values(&["refused_tls"]).inc();
+                    metrics
+                        .connections
+                        .with_label_values(&["refused_tls"])
+                        .inc();
                     tracing::warn!(%remote, error = %e, "connection refused during TLS handshake (unknown CA or bad certificate?)");
                 }
                 Err(e) => tracing::warn!(%remote, error = %e, "connection ended"),
             }
         });
     }
-    endpoint.close(quinn::VarInt::from_u32(close_code::DONE), b"aggregator shutting down");
+    endpoint.close(
+        quinn::VarInt::from_u32(close_code::DONE),
+        b"aggregator shutting down",
+    );
 }
 
 /// Binds the QUIC endpoint.
 pub fn bind(addr: SocketAddr, config: quinn::ServerConfig) -> anyhow::Result<quinn::Endpoint> {
-    quinn::Endpoint::server(config, addr).map_err(|e| anyhow::anyhow!("cannot bind QUIC on {addr}: {e}"))
+    quinn::Endpoint::server(config, addr)
+        .map_err(|e| anyhow::anyhow!("cannot bind QUIC on {addr}: {e}"))
 }
 
 fn close(conn: &quinn::Connection, code: u32, reason: &str) {
@@ -131,7 +153,10 @@ async fn handle(
 ) -> Result<String, ConnError> {
     let conn = incoming.await?;
     let node = peer_node(&conn)?;
-    let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| ConnError::Read(e.to_string()))?;
+    let (mut send, mut recv) = conn
+        .accept_bi()
+        .await
+        .map_err(|e| ConnError::Read(e.to_string()))?;
 
     let first = match read_frame(&mut recv).await {
         Ok(f) => f,
@@ -143,11 +168,22 @@ async fn handle(
     };
     let hello = match first {
         Some(Frame::Hello(h)) => h,
-        Some(other) => return Err(refuse(&conn, &mut send, close_code::PROTOCOL, format!("expected Hello, got {}", frame_name(&other))).await),
+        Some(other) => {
+            return Err(refuse(
+                &conn,
+                &mut send,
+                close_code::PROTOCOL,
+                format!("expected Hello, got {}", frame_name(&other)),
+            )
+            .await);
+        }
         None => return Err(ConnError::Protocol("stream closed before Hello".into())),
     };
     if let Err(why) = check_hello(&hello, &node) {
-        metrics.connections.with_label_values(&["refused_hello"]).inc();
+        metrics
+            .connections
+            .with_label_values(&["refused_hello"])
+            .inc();
         return Err(refuse(&conn, &mut send, close_code::REFUSED, why).await);
     }
     store
@@ -162,7 +198,14 @@ async fn handle(
         .await
         .map_err(|e| ConnError::Store(e.to_string()))?;
     let durable_through = store.durable_through(&node, hello.session);
-    write_frame(&mut send, &Frame::HelloAck(HelloAck { protocol_version: PROTOCOL_VERSION, durable_through })).await?;
+    write_frame(
+        &mut send,
+        &Frame::HelloAck(HelloAck {
+            protocol_version: PROTOCOL_VERSION,
+            durable_through,
+        }),
+    )
+    .await?;
     metrics.connections.with_label_values(&["accepted"]).inc();
     tracing::info!(node = %node, session = hello.session, agent = %hello.agent_version, ?durable_through, "node connected");
 
@@ -178,15 +221,25 @@ async fn handle(
                     Ok(Applied::Stored { samples }) => {
                         ack_metrics.batches.with_label_values(&["stored"]).inc();
                         ack_metrics.samples.inc_by(samples as u64);
-                        Frame::Ack { session: job.session, seq: job.seq }
+                        Frame::Ack {
+                            session: job.session,
+                            seq: job.seq,
+                        }
                     }
                     Ok(Applied::Duplicate) => {
                         ack_metrics.batches.with_label_values(&["duplicate"]).inc();
-                        Frame::Ack { session: job.session, seq: job.seq }
+                        Frame::Ack {
+                            session: job.session,
+                            seq: job.seq,
+                        }
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "batch not stored; closing so the node resends later");
-                        close(&ack_conn, close_code::UNAVAILABLE, "aggregator cannot store right now");
+                        close(
+                            &ack_conn,
+                            close_code::UNAVAILABLE,
+                            "aggregator cannot store right now",
+                        );
                         return;
                     }
                 },
@@ -199,7 +252,10 @@ async fn handle(
         let _ = send.finish();
     });
 
-    let result = read_batches(&conn, &mut recv, &node, &hello, store, metrics, inflight, &ack_tx).await;
+    let result = read_batches(
+        &conn, &mut recv, &node, &hello, store, metrics, inflight, &ack_tx,
+    )
+    .await;
     drop(ack_tx);
     let _ = acker.await;
     match result {
@@ -250,60 +306,129 @@ async fn read_batches(
             return Err(ConnError::Protocol(why));
         };
         if batch.node != node {
-            metrics.batches.with_label_values(&["rejected_identity"]).inc();
-            let why = format!("batch for node {:?} on a connection authenticated as {:?}", batch.node, node);
+            metrics
+                .batches
+                .with_label_values(&["rejected_identity"])
+                .inc();
+            let why = format!(
+                "batch for node {:?} on a connection authenticated as {:?}",
+                batch.node, node
+            );
             close(conn, close_code::IDENTITY, &why);
             return Err(ConnError::Refused(why));
         }
         if batch.session != hello.session {
-            let why = format!("batch for session {} on a connection opened for session {}", batch.session, hello.session);
+            let why = format!(
+                "batch for session {} on a connection opened for session {}",
+                batch.session, hello.session
+            );
             close(conn, close_code::PROTOCOL, &why);
             return Err(ConnError::Protocol(why));
         }
         metrics.payload_bytes.inc_by(batch.payload.len() as u64);
         let (session, seq) = (batch.session, batch.seq);
-        if store.durable_through(node, session).is_some_and(|max| seq <= max) {
+        if store
+            .durable_through(node, session)
+            .is_some_and(|max| seq <= max)
+        {
             metrics.batches.with_label_values(&["duplicate"]).inc();
-            send_job(ack_tx, AckJob { session, seq, outcome: Outcome::Ready(Frame::Ack { session, seq }), permit: None }).await?;
+            send_job(
+                ack_tx,
+                AckJob {
+                    session,
+                    seq,
+                    outcome: Outcome::Ready(Frame::Ack { session, seq }),
+                    permit: None,
+                },
+            )
+            .await?;
             continue;
         }
         let kib = (batch.payload.len() / 1024 + 1) as u32;
-        let permit = inflight.clone().acquire_many_owned(kib).await.map_err(|e| ConnError::Store(e.to_string()))?;
+        let permit = inflight
+            .clone()
+            .acquire_many_owned(kib)
+            .await
+            .map_err(|e| ConnError::Store(e.to_string()))?;
         let decoded = codec::decode_batch(&batch.payload)
             .map_err(|e| e.to_string())
             .and_then(|b| schema::to_arrow(node, &b).map_err(|e| e.to_string()));
         let outcome = match decoded {
             Ok(decoded) => {
-                let entry = WalEntry::Batch { node: node.to_string(), session, seq, received_ms: now_ms(), payload: batch.payload };
-                let pending = store.submit(entry, decoded).await.map_err(|e| ConnError::Store(e.to_string()))?;
+                let entry = WalEntry::Batch {
+                    node: node.to_string(),
+                    session,
+                    seq,
+                    received_ms: now_ms(),
+                    payload: batch.payload,
+                };
+                let pending = store
+                    .submit(entry, decoded)
+                    .await
+                    .map_err(|e| ConnError::Store(e.to_string()))?;
                 Outcome::Pending(pending)
             }
             Err(why) => {
-                metrics.batches.with_label_values(&["rejected_malformed"]).inc();
+                metrics
+                    .batches
+                    .with_label_values(&["rejected_malformed"])
+                    .inc();
                 tracing::warn!(node = %node, session, seq, error = %why, "undecodable batch refused");
-                Outcome::Ready(Frame::Nack { session, seq, reason: why })
+                Outcome::Ready(Frame::Nack {
+                    session,
+                    seq,
+                    reason: why,
+                })
             }
         };
-        send_job(ack_tx, AckJob { session, seq, outcome, permit: Some(permit) }).await?;
+        send_job(
+            ack_tx,
+            AckJob {
+                session,
+                seq,
+                outcome,
+                permit: Some(permit),
+            },
+        )
+        .await?;
     }
 }
 
 async fn send_job(tx: &mpsc::Sender<AckJob>, job: AckJob) -> Result<(), ConnError> {
-    tx.send(job).await.map_err(|_| ConnError::Write("ack writer stopped".into()))
+    tx.send(job)
+        .await
+        .map_err(|_| ConnError::Write("ack writer stopped".into()))
 }
 
 fn check_hello(hello: &Hello, cert_node: &str) -> Result<(), String> {
     if hello.protocol_version != PROTOCOL_VERSION {
-        return Err(format!("protocol version {} not supported (this aggregator speaks {PROTOCOL_VERSION})", hello.protocol_version));
+        return Err(format!(
+            "protocol version {} not supported (this aggregator speaks {PROTOCOL_VERSION})",
+            hello.protocol_version
+        ));
     }
     if hello.node != cert_node {
-        return Err(format!("hello names node {:?} but the client certificate is for {:?}", hello.node, cert_node));
+        return Err(format!(
+            "hello names node {:?} but the client certificate is for {:?}",
+            hello.node, cert_node
+        ));
     }
     Ok(())
 }
 
-async fn refuse(conn: &quinn::Connection, send: &mut SendStream, code: u32, reason: String) -> ConnError {
-    let _ = write_frame(send, &Frame::Reject { reason: reason.clone() }).await;
+async fn refuse(
+    conn: &quinn::Connection,
+    send: &mut SendStream,
+    code: u32,
+    reason: String,
+) -> ConnError {
+    let _ = write_frame(
+        send,
+        &Frame::Reject {
+            reason: reason.clone(),
+        },
+    )
+    .await;
     let _ = send.finish();
     // Give the reject a moment to leave before the close discards it.
     let _ = tokio::time::timeout(std::time::Duration::from_millis(200), send.stopped()).await;
@@ -312,11 +437,15 @@ async fn refuse(conn: &quinn::Connection, send: &mut SendStream, code: u32, reas
 }
 
 fn peer_node(conn: &quinn::Connection) -> Result<String, ConnError> {
-    let identity = conn.peer_identity().ok_or_else(|| ConnError::Identity("no client certificate".into()))?;
+    let identity = conn
+        .peer_identity()
+        .ok_or_else(|| ConnError::Identity("no client certificate".into()))?;
     let certs = identity
         .downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
         .map_err(|_| ConnError::Identity("unexpected identity type".into()))?;
-    let leaf = certs.first().ok_or_else(|| ConnError::Identity("empty certificate chain".into()))?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| ConnError::Identity("empty certificate chain".into()))?;
     common::pki::node_name_from_cert(leaf.as_ref()).map_err(|e| ConnError::Identity(e.to_string()))
 }
 
@@ -337,29 +466,43 @@ async fn read_frame(recv: &mut RecvStream) -> Result<Option<Frame>, ConnError> {
     match recv.read_exact(&mut prefix).await {
         Ok(()) => {}
         Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(ConnError::Protocol("stream ended inside a frame header".into())),
+        Err(quinn::ReadExactError::FinishedEarly(_)) => {
+            return Err(ConnError::Protocol(
+                "stream ended inside a frame header".into(),
+            ));
+        }
         // The agent closing the connection between frames is a normal goodbye.
-        Err(quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(quinn::ConnectionError::ApplicationClosed(_)))) => {
+        Err(quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(
+            quinn::ConnectionError::ApplicationClosed(_),
+        ))) => {
             return Ok(None);
         }
         Err(quinn::ReadExactError::ReadError(e)) => return Err(ConnError::Read(e.to_string())),
     }
-    let len = wire::peek_frame_len(&prefix).map_err(|e| ConnError::Protocol(e.to_string()))?.unwrap_or(0);
+    let len = wire::peek_frame_len(&prefix)
+        .map_err(|e| ConnError::Protocol(e.to_string()))?
+        .unwrap_or(0);
     let mut buf = vec![0u8; 4 + len];
     buf[..4].copy_from_slice(&prefix);
     recv.read_exact(&mut buf[4..]).await.map_err(|e| match e {
-        quinn::ReadExactError::FinishedEarly(_) => ConnError::Protocol("stream ended inside a frame".into()),
+        quinn::ReadExactError::FinishedEarly(_) => {
+            ConnError::Protocol("stream ended inside a frame".into())
+        }
         quinn::ReadExactError::ReadError(e) => ConnError::Read(e.to_string()),
     })?;
     match wire::decode_frame(&buf) {
         Ok(Some((frame, _))) => Ok(Some(frame)),
-        Ok(None) => Err(ConnError::Protocol("frame shorter than its length prefix".into())),
+        Ok(None) => Err(ConnError::Protocol(
+            "frame shorter than its length prefix".into(),
+        )),
         Err(e) => Err(ConnError::Protocol(e.to_string())),
     }
 }
 
 async fn write_frame(send: &mut SendStream, frame: &Frame) -> Result<(), ConnError> {
-    send.write_all(&wire::encode_frame(frame)).await.map_err(|e| ConnError::Write(e.to_string()))
+    send.write_all(&wire::encode_frame(frame))
+        .await
+        .map_err(|e| ConnError::Write(e.to_string()))
 }
 
 fn now_ms() -> i64 {

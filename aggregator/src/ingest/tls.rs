@@ -22,7 +22,8 @@ pub fn load_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
 
 /// Loads a private key from a PEM file.
 pub fn load_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
-    PrivateKeyDer::from_pem_file(path).with_context(|| format!("cannot read a private key from {}", path.display()))
+    PrivateKeyDer::from_pem_file(path)
+        .with_context(|| format!("cannot read a private key from {}", path.display()))
 }
 
 /// A QUIC server config requiring client certificates signed by `ca`.
@@ -42,11 +43,14 @@ pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<quinn
         .with_single_cert(load_certs(cert)?, load_key(key)?)
         .context("server certificate and key do not match")?;
     tls.alpn_protocols = vec![common::wire::ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).context("TLS config unusable for QUIC")?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .context("TLS config unusable for QUIC")?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport
-        .max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(30_000))))
+        .max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
+            30_000,
+        ))))
         .max_concurrent_bidi_streams(quinn::VarInt::from_u32(2))
         .max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
     cfg.transport_config(Arc::new(transport));

@@ -59,7 +59,10 @@ pub enum FilesError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FilesError + '_ {
-    move |source| FilesError::Io { path: path.to_path_buf(), source }
+    move |source| FilesError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// One Parquet file.
@@ -101,9 +104,14 @@ pub fn manifest_path(data_dir: &Path) -> PathBuf {
 pub fn load_manifest(data_dir: &Path) -> Result<Manifest, FilesError> {
     let path = manifest_path(data_dir);
     match fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map_err(|e| FilesError::Manifest { path, detail: e.to_string() }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Manifest { version: 1, ..Default::default() }),
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| FilesError::Manifest {
+            path,
+            detail: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Manifest {
+            version: 1,
+            ..Default::default()
+        }),
         Err(e) => Err(FilesError::Io { path, source: e }),
     }
 }
@@ -112,11 +120,16 @@ pub fn load_manifest(data_dir: &Path) -> Result<Manifest, FilesError> {
 pub fn store_manifest(data_dir: &Path, manifest: &Manifest) -> Result<(), FilesError> {
     let path = manifest_path(data_dir);
     let tmp = data_dir.join("manifest.json.tmp");
-    let bytes = serde_json::to_vec_pretty(manifest)
-        .map_err(|e| FilesError::Manifest { path: path.clone(), detail: e.to_string() })?;
+    let bytes = serde_json::to_vec_pretty(manifest).map_err(|e| FilesError::Manifest {
+        path: path.clone(),
+        detail: e.to_string(),
+    })?;
     write_durably(&tmp, &bytes)?;
     fs::rename(&tmp, &path).map_err(io(&path))?;
-    sync_dir(data_dir).map_err(|e| FilesError::Parquet { path: data_dir.to_path_buf(), detail: e.to_string() })?;
+    sync_dir(data_dir).map_err(|e| FilesError::Parquet {
+        path: data_dir.to_path_buf(),
+        detail: e.to_string(),
+    })?;
     Ok(())
 }
 
@@ -138,23 +151,34 @@ pub fn write_table(
         return Ok(Vec::new());
     }
     let schema = table.schema();
-    let all = concat_batches(&schema, batches)
-        .map_err(|e| FilesError::Parquet { path: data_dir.to_path_buf(), detail: e.to_string() })?;
+    let all = concat_batches(&schema, batches).map_err(|e| FilesError::Parquet {
+        path: data_dir.to_path_buf(),
+        detail: e.to_string(),
+    })?;
     let ts = all
         .column(0)
         .as_any()
         .downcast_ref::<TimestampMillisecondArray>()
-        .ok_or_else(|| FilesError::Parquet { path: data_dir.to_path_buf(), detail: "ts column is not a timestamp".into() })?;
+        .ok_or_else(|| FilesError::Parquet {
+            path: data_dir.to_path_buf(),
+            detail: "ts column is not a timestamp".into(),
+        })?;
 
     // Row indices per hour bucket.
     let mut by_hour: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
     for idx in 0..ts.len() {
-        by_hour.entry(ts.value(idx).div_euclid(3_600_000)).or_default().push(idx as u32);
+        by_hour
+            .entry(ts.value(idx).div_euclid(3_600_000))
+            .or_default()
+            .push(idx as u32);
     }
     let mut entries = Vec::new();
     for (hour, rows) in by_hour {
-        let part = take_record_batch(&all, &UInt32Array::from(rows))
-            .map_err(|e| FilesError::Parquet { path: data_dir.to_path_buf(), detail: e.to_string() })?;
+        let part =
+            take_record_batch(&all, &UInt32Array::from(rows)).map_err(|e| FilesError::Parquet {
+                path: data_dir.to_path_buf(),
+                detail: e.to_string(),
+            })?;
         let (date, hh) = hour_partition(hour);
         let rel_dir = format!("tables/{}/date={date}/hour={hh:02}", table.name());
         let dir = data_dir.join(&rel_dir);
@@ -164,12 +188,20 @@ pub fn write_table(
         let path = dir.join(&name);
         write_parquet(&tmp, &part)?;
         fs::rename(&tmp, &path).map_err(io(&path))?;
-        sync_dir(&dir).map_err(|e| FilesError::Parquet { path: dir.clone(), detail: e.to_string() })?;
+        sync_dir(&dir).map_err(|e| FilesError::Parquet {
+            path: dir.clone(),
+            detail: e.to_string(),
+        })?;
         let part_ts = part
             .column(0)
             .as_any()
             .downcast_ref::<TimestampMillisecondArray>()
-            .map(|a| (a.values().iter().copied().min().unwrap_or(0), a.values().iter().copied().max().unwrap_or(0)))
+            .map(|a| {
+                (
+                    a.values().iter().copied().min().unwrap_or(0),
+                    a.values().iter().copied().max().unwrap_or(0),
+                )
+            })
             .unwrap_or((0, 0));
         entries.push(FileEntry {
             table: table.name().to_string(),
@@ -183,13 +215,19 @@ pub fn write_table(
 }
 
 fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<(), FilesError> {
-    let perr = |detail: String| FilesError::Parquet { path: path.to_path_buf(), detail };
+    let perr = |detail: String| FilesError::Parquet {
+        path: path.to_path_buf(),
+        detail,
+    };
     let file = File::create(path).map_err(io(path))?;
     let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(|e| perr(e.to_string()))?))
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).map_err(|e| perr(e.to_string()))?,
+        ))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .build();
-    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(|e| perr(e.to_string()))?;
+    let mut writer =
+        ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(|e| perr(e.to_string()))?;
     writer.write(batch).map_err(|e| perr(e.to_string()))?;
     let file = writer.into_inner().map_err(|e| perr(e.to_string()))?;
     file.sync_all().map_err(io(path))
@@ -220,15 +258,23 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 /// Removes Parquet files under `tables/` that the manifest does not list (crash leftovers).
 /// Returns how many were removed.
 pub fn remove_orphans(data_dir: &Path, manifest: &Manifest) -> Result<usize, FilesError> {
-    let listed: std::collections::HashSet<PathBuf> =
-        manifest.files.iter().map(|f| data_dir.join(&f.path)).collect();
+    let listed: std::collections::HashSet<PathBuf> = manifest
+        .files
+        .iter()
+        .map(|f| data_dir.join(&f.path))
+        .collect();
     let mut removed = 0;
     let mut stack = vec![data_dir.join("tables")];
     while let Some(dir) = stack.pop() {
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(FilesError::Io { path: dir, source: e }),
+            Err(e) => {
+                return Err(FilesError::Io {
+                    path: dir,
+                    source: e,
+                });
+            }
         };
         for entry in entries {
             let entry = entry.map_err(io(&dir))?;
@@ -246,7 +292,11 @@ pub fn remove_orphans(data_dir: &Path, manifest: &Manifest) -> Result<usize, Fil
 
 /// Absolute paths of one table's files.
 pub fn table_files(data_dir: &Path, files: &[FileEntry], table: Table) -> Vec<PathBuf> {
-    files.iter().filter(|f| f.table == table.name()).map(|f| data_dir.join(&f.path)).collect()
+    files
+        .iter()
+        .filter(|f| f.table == table.name())
+        .map(|f| data_dir.join(&f.path))
+        .collect()
 }
 
 /// Shared, immutable list of files (swapped whole on every flush).
@@ -260,9 +310,15 @@ mod tests {
     fn hour_partitions_are_utc_calendar_dates() {
         assert_eq!(hour_partition(0), ("1970-01-01".to_string(), 0));
         // 2026-11-22T20:00Z = 1_795_377_600 s.
-        assert_eq!(hour_partition(1_795_377_600 / 3600), ("2026-11-22".to_string(), 20));
+        assert_eq!(
+            hour_partition(1_795_377_600 / 3600),
+            ("2026-11-22".to_string(), 20)
+        );
         assert_eq!(hour_partition(-1), ("1969-12-31".to_string(), 23));
         // Leap day.
-        assert_eq!(hour_partition(951_782_400 / 3600), ("2000-02-29".to_string(), 0));
+        assert_eq!(
+            hour_partition(951_782_400 / 3600),
+            ("2000-02-29".to_string(), 0)
+        );
     }
 }

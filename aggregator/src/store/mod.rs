@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use common::codec;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
 use datafusion::datasource::{MemTable, TableProvider, ViewTable, provider_as_source};
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::LogicalPlanBuilder;
@@ -47,7 +49,12 @@ pub struct StoreConfig {
 impl StoreConfig {
     /// Defaults for a data directory.
     pub fn new(data_dir: PathBuf) -> Self {
-        StoreConfig { data_dir, flush_interval: Duration::from_secs(60), max_hot_rows: 4_000_000, wal_queue: 1024 }
+        StoreConfig {
+            data_dir,
+            flush_interval: Duration::from_secs(60),
+            max_hot_rows: 4_000_000,
+            wal_queue: 1024,
+        }
     }
 }
 
@@ -109,7 +116,9 @@ impl Apply for Applier {
 /// A poisoned lock means a panic mid-update elsewhere; the state is still the best we
 /// have, and refusing every later request would lose more.
 fn lock(state: &Mutex<StoreState>) -> MutexGuard<'_, StoreState> {
-    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Handle to the store. Cheap to clone.
@@ -132,11 +141,18 @@ impl Store {
     pub fn open(cfg: StoreConfig, metrics: Metrics) -> Result<(Store, RecoveryReport), StoreError> {
         let wal_dir = cfg.data_dir.join("wal");
         for dir in [&cfg.data_dir, &wal_dir, &cfg.data_dir.join("tables")] {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io { path: dir.to_path_buf(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
         }
         let manifest = files::load_manifest(&cfg.data_dir)?;
-        let mut report = RecoveryReport { orphans_removed: files::remove_orphans(&cfg.data_dir, &manifest)?, ..Default::default() };
-        let mut state = StoreState::from_manifest(manifest.sessions.clone(), manifest.nodes.clone());
+        let mut report = RecoveryReport {
+            orphans_removed: files::remove_orphans(&cfg.data_dir, &manifest)?,
+            ..Default::default()
+        };
+        let mut state =
+            StoreState::from_manifest(manifest.sessions.clone(), manifest.nodes.clone());
         state.files = Arc::new(manifest.files.clone());
 
         let segments = wal::list_segments(&wal_dir)?;
@@ -144,10 +160,16 @@ impl Store {
             let path = wal::segment_path(&wal_dir, id);
             if id <= manifest.flushed_through_segment {
                 // Already in Parquet: a crash came between the manifest and this delete.
-                std::fs::remove_file(&path).map_err(|source| StoreError::Io { path: path.clone(), source })?;
+                std::fs::remove_file(&path).map_err(|source| StoreError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
                 continue;
             }
-            let bytes = std::fs::read(&path).map_err(|source| StoreError::Io { path: path.clone(), source })?;
+            let bytes = std::fs::read(&path).map_err(|source| StoreError::Io {
+                path: path.clone(),
+                source,
+            })?;
             let scan = wal::read_segment(&bytes);
             if let Some(why) = &scan.stopped {
                 report.torn_tails += 1;
@@ -164,12 +186,31 @@ impl Store {
                 }
             }
         }
-        let next_segment = segments.last().copied().unwrap_or(0).max(manifest.flushed_through_segment) + 1;
+        let next_segment = segments
+            .last()
+            .copied()
+            .unwrap_or(0)
+            .max(manifest.flushed_through_segment)
+            + 1;
         let state = Arc::new(Mutex::new(state));
-        let (committer, _done) = Committer::start(wal_dir, next_segment, Applier { state: state.clone() }, cfg.wal_queue)?;
+        let (committer, _done) = Committer::start(
+            wal_dir,
+            next_segment,
+            Applier {
+                state: state.clone(),
+            },
+            cfg.wal_queue,
+        )?;
         metrics.hot_rows.set(lock(&state).rows_in_memory() as i64);
         let store = Store {
-            inner: Arc::new(Inner { cfg, state, committer, manifest: tokio::sync::Mutex::new(manifest), metrics, flush_wanted: tokio::sync::Notify::new() }),
+            inner: Arc::new(Inner {
+                cfg,
+                state,
+                committer,
+                manifest: tokio::sync::Mutex::new(manifest),
+                metrics,
+                flush_wanted: tokio::sync::Notify::new(),
+            }),
         };
         Ok((store, report))
     }
@@ -191,14 +232,25 @@ impl Store {
     }
 
     /// Makes a batch durable and visible. Returns once it is both: the caller may ack.
-    pub async fn ingest(&self, entry: WalEntry, decoded: DecodedBatch) -> Result<Applied, StoreError> {
+    pub async fn ingest(
+        &self,
+        entry: WalEntry,
+        decoded: DecodedBatch,
+    ) -> Result<Applied, StoreError> {
         self.submit(entry, decoded).await?.wait().await
     }
 
     /// Queues a batch in WAL order; the result resolves once it is durable and visible.
-    pub async fn submit(&self, entry: WalEntry, decoded: DecodedBatch) -> Result<IngestPending, StoreError> {
+    pub async fn submit(
+        &self,
+        entry: WalEntry,
+        decoded: DecodedBatch,
+    ) -> Result<IngestPending, StoreError> {
         let pending = self.inner.committer.submit(entry, Some(decoded)).await?;
-        Ok(IngestPending { pending, store: self.clone() })
+        Ok(IngestPending {
+            pending,
+            store: self.clone(),
+        })
     }
 }
 
@@ -243,13 +295,20 @@ impl Store {
             let data_dir = self.inner.cfg.data_dir.clone();
             let data = frozen.data.clone();
             let segment = frozen.through_segment;
-            let new_files = tokio::task::spawn_blocking(move || -> Result<Vec<files::FileEntry>, FilesError> {
-                let mut out = Vec::new();
-                for table in Table::ALL {
-                    out.extend(files::write_table(&data_dir, table, data.table(table), segment)?);
-                }
-                Ok(out)
-            })
+            let new_files = tokio::task::spawn_blocking(
+                move || -> Result<Vec<files::FileEntry>, FilesError> {
+                    let mut out = Vec::new();
+                    for table in Table::ALL {
+                        out.extend(files::write_table(
+                            &data_dir,
+                            table,
+                            data.table(table),
+                            segment,
+                        )?);
+                    }
+                    Ok(out)
+                },
+            )
             .await
             .map_err(|e| StoreError::Task(e.to_string()))??;
 
@@ -273,16 +332,28 @@ impl Store {
             *manifest = next;
             rows += frozen.data.rows;
             self.inner.metrics.flushes.inc();
-            self.inner.metrics.flushed_rows.inc_by(frozen.data.rows as u64);
+            self.inner
+                .metrics
+                .flushed_rows
+                .inc_by(frozen.data.rows as u64);
 
             let wal_dir = self.inner.cfg.data_dir.join("wal");
-            for id in wal::list_segments(&wal_dir)?.into_iter().filter(|&id| id <= segment) {
+            for id in wal::list_segments(&wal_dir)?
+                .into_iter()
+                .filter(|&id| id <= segment)
+            {
                 let path = wal::segment_path(&wal_dir, id);
                 std::fs::remove_file(&path).map_err(|source| StoreError::Io { path, source })?;
             }
         }
-        self.inner.metrics.hot_rows.set(lock(&self.inner.state).rows_in_memory() as i64);
-        self.inner.metrics.parquet_files.set(manifest.files.len() as i64);
+        self.inner
+            .metrics
+            .hot_rows
+            .set(lock(&self.inner.state).rows_in_memory() as i64);
+        self.inner
+            .metrics
+            .parquet_files
+            .set(manifest.files.len() as i64);
         Ok(rows)
     }
 
@@ -321,14 +392,22 @@ impl Store {
             }
             (hot, st.files.clone(), st.nodes())
         };
-        let config = SessionConfig::new().with_information_schema(true).with_target_partitions(2);
+        let config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_target_partitions(2);
         let ctx = SessionContext::new_with_config(config);
         for (table, batches) in hot {
             let provider = self.table_provider(table, batches, &files)?;
             ctx.register_table(table.name(), provider)?;
         }
         let nodes = schema::nodes_batch(&nodes)?;
-        ctx.register_table("nodes", Arc::new(MemTable::try_new(schema::nodes_schema(), vec![vec![nodes]])?))?;
+        ctx.register_table(
+            "nodes",
+            Arc::new(MemTable::try_new(
+                schema::nodes_schema(),
+                vec![vec![nodes]],
+            )?),
+        )?;
         Ok(ctx)
     }
 
@@ -353,12 +432,26 @@ impl Store {
             .iter()
             .map(|p| ListingTableUrl::parse(p.to_string_lossy()))
             .collect::<Result<Vec<_>, _>>()?;
-        let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-        let config = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options).with_schema(schema);
+        let options =
+            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+        let config = ListingTableConfig::new_with_multi_paths(urls)
+            .with_listing_options(options)
+            .with_schema(schema);
         let cold: Arc<dyn TableProvider> = Arc::new(ListingTable::try_new(config)?);
-        let plan = LogicalPlanBuilder::scan(format!("{}_hot", table.name()), provider_as_source(hot), None)?
-            .union(LogicalPlanBuilder::scan(format!("{}_parquet", table.name()), provider_as_source(cold), None)?.build()?)?
-            .build()?;
+        let plan = LogicalPlanBuilder::scan(
+            format!("{}_hot", table.name()),
+            provider_as_source(hot),
+            None,
+        )?
+        .union(
+            LogicalPlanBuilder::scan(
+                format!("{}_parquet", table.name()),
+                provider_as_source(cold),
+                None,
+            )?
+            .build()?,
+        )?
+        .build()?;
         Ok(Arc::new(ViewTable::new(plan, None)))
     }
 }
@@ -366,8 +459,16 @@ impl Store {
 /// Decodes a WAL batch entry's payload into Arrow (replay path). Entries were validated
 /// before they were written, so a failure here means bit rot past the checksum: skip it.
 fn decode_entry(entry: &WalEntry) -> Option<DecodedBatch> {
-    let WalEntry::Batch { node, payload, seq, .. } = entry else { return None };
-    match codec::decode_batch(payload).map_err(|e| e.to_string()).and_then(|b| schema::to_arrow(node, &b).map_err(|e| e.to_string())) {
+    let WalEntry::Batch {
+        node, payload, seq, ..
+    } = entry
+    else {
+        return None;
+    };
+    match codec::decode_batch(payload)
+        .map_err(|e| e.to_string())
+        .and_then(|b| schema::to_arrow(node, &b).map_err(|e| e.to_string()))
+    {
         Ok(decoded) => Some(decoded),
         Err(e) => {
             tracing::error!(node = %node, seq, error = %e, "WAL batch no longer decodes; skipped");

@@ -6,8 +6,8 @@ use std::sync::{Arc, LazyLock};
 
 use common::model::Batch;
 use datafusion::arrow::array::{
-    ArrayRef, DictionaryArray, Float64Array, Int32Array, Int64Array, StringArray, TimestampMillisecondArray,
-    UInt64Array,
+    ArrayRef, DictionaryArray, Float64Array, Int32Array, Int64Array, StringArray,
+    TimestampMillisecondArray, UInt64Array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::error::ArrowError;
@@ -30,7 +30,13 @@ pub enum Table {
 
 impl Table {
     /// Every stored table.
-    pub const ALL: [Table; 5] = [Table::Samples, Table::Events, Table::Anomalies, Table::ProcessEvents, Table::TcpConnections];
+    pub const ALL: [Table; 5] = [
+        Table::Samples,
+        Table::Events,
+        Table::Anomalies,
+        Table::ProcessEvents,
+        Table::TcpConnections,
+    ];
 
     /// SQL name, also the directory name under `tables/`.
     pub fn name(self) -> &'static str {
@@ -53,9 +59,9 @@ impl Table {
         match self {
             Table::Samples => SAMPLES.clone(),
             Table::Events => EVENTS.clone(),
-            Table::Anomalies | Table::ProcessEvents | Table::TcpConnections => {
-                event_table(self).map(|t| t.schema.clone()).unwrap_or_else(|| EVENTS.clone())
-            }
+            Table::Anomalies | Table::ProcessEvents | Table::TcpConnections => event_table(self)
+                .map(|t| t.schema.clone())
+                .unwrap_or_else(|| EVENTS.clone()),
         }
     }
 }
@@ -149,7 +155,10 @@ pub fn to_arrow(node: &str, batch: &Batch) -> Result<DecodedBatch, ArrowError> {
         }
         let keys = Int32Array::from(keys);
         let dict = |values: ArrayRef| -> Result<ArrayRef, ArrowError> {
-            Ok(Arc::new(DictionaryArray::<Int32Type>::try_new(keys.clone(), values)?))
+            Ok(Arc::new(DictionaryArray::<Int32Type>::try_new(
+                keys.clone(),
+                values,
+            )?))
         };
         let node_col: ArrayRef = Arc::new(DictionaryArray::<Int32Type>::try_new(
             Int32Array::from(vec![0; n_samples]),
@@ -171,15 +180,32 @@ pub fn to_arrow(node: &str, batch: &Batch) -> Result<DecodedBatch, ArrowError> {
         let ev = &batch.events;
         let attrs: Vec<String> = ev
             .iter()
-            .map(|e| e.attrs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
+            .map(|e| {
+                e.attrs
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
             .collect();
         let columns: Vec<ArrayRef> = vec![
-            Arc::new(TimestampMillisecondArray::from_iter_values(ev.iter().map(|e| e.ts_ms)).with_timezone("UTC")),
+            Arc::new(
+                TimestampMillisecondArray::from_iter_values(ev.iter().map(|e| e.ts_ms))
+                    .with_timezone("UTC"),
+            ),
             Arc::new(StringArray::from(vec![node; ev.len()])),
-            Arc::new(StringArray::from_iter_values(ev.iter().map(|e| e.entity.as_str()))),
-            Arc::new(StringArray::from_iter_values(ev.iter().map(|e| e.kind.as_str()))),
-            Arc::new(StringArray::from_iter_values(ev.iter().map(|e| e.severity.as_str()))),
-            Arc::new(StringArray::from_iter_values(ev.iter().map(|e| e.message.as_str()))),
+            Arc::new(StringArray::from_iter_values(
+                ev.iter().map(|e| e.entity.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                ev.iter().map(|e| e.kind.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                ev.iter().map(|e| e.severity.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                ev.iter().map(|e| e.message.as_str()),
+            )),
             Arc::new(StringArray::from(attrs)),
         ];
         Some(RecordBatch::try_new(EVENTS.clone(), columns)?)
@@ -190,7 +216,12 @@ pub fn to_arrow(node: &str, batch: &Batch) -> Result<DecodedBatch, ArrowError> {
             derived.push((def.table, rb));
         }
     }
-    Ok(DecodedBatch { samples, events, derived, n_samples })
+    Ok(DecodedBatch {
+        samples,
+        events,
+        derived,
+        n_samples,
+    })
 }
 
 /// Where a column of an event-derived table comes from.
@@ -221,7 +252,11 @@ pub struct EventTable {
     schema: SchemaRef,
 }
 
-fn event_table_def(table: Table, kinds: &'static [&'static str], columns: Vec<(&'static str, Source)>) -> EventTable {
+fn event_table_def(
+    table: Table,
+    kinds: &'static [&'static str],
+    columns: Vec<(&'static str, Source)>,
+) -> EventTable {
     let mut fields = vec![
         Field::new("ts", ts_type(), false),
         Field::new("node", DataType::Utf8, false),
@@ -232,15 +267,27 @@ fn event_table_def(table: Table, kinds: &'static [&'static str], columns: Vec<(&
             Source::Text(_) => Field::new(*name, DataType::Utf8, true),
             Source::Int(_) => Field::new(*name, DataType::Int64, true),
             Source::Float(_) => Field::new(*name, DataType::Float64, true),
-            Source::Kind | Source::Severity | Source::Message => Field::new(*name, DataType::Utf8, false),
+            Source::Kind | Source::Severity | Source::Message => {
+                Field::new(*name, DataType::Utf8, false)
+            }
         });
     }
-    EventTable { table, kinds, columns, schema: Arc::new(Schema::new(fields)) }
+    EventTable {
+        table,
+        kinds,
+        columns,
+        schema: Arc::new(Schema::new(fields)),
+    }
 }
 
 static EVENT_TABLES: LazyLock<Vec<EventTable>> = LazyLock::new(|| {
     use Source::*;
-    let attribution = [("cgroup", Text("cgroup")), ("pod_uid", Text("pod_uid")), ("container_id", Text("container_id")), ("runtime", Text("runtime"))];
+    let attribution = [
+        ("cgroup", Text("cgroup")),
+        ("pod_uid", Text("pod_uid")),
+        ("container_id", Text("container_id")),
+        ("runtime", Text("runtime")),
+    ];
     let mut process = vec![
         ("kind", Kind),
         ("pid", Int("pid")),
@@ -294,7 +341,11 @@ static EVENT_TABLES: LazyLock<Vec<EventTable>> = LazyLock::new(|| {
                 ("explanation", Message),
             ],
         ),
-        event_table_def(Table::ProcessEvents, &["process.exec", "process.exit", "oom.kill"], process),
+        event_table_def(
+            Table::ProcessEvents,
+            &["process.exec", "process.exit", "oom.kill"],
+            process,
+        ),
         event_table_def(Table::TcpConnections, &["tcp.connect", "tcp.close"], tcp),
     ]
 });
@@ -304,27 +355,54 @@ pub fn event_table(table: Table) -> Option<&'static EventTable> {
     EVENT_TABLES.iter().find(|t| t.table == table)
 }
 
-fn event_rows(def: &EventTable, node: &str, events: &[common::model::Event]) -> Result<Option<RecordBatch>, ArrowError> {
-    let rows: Vec<&common::model::Event> = events.iter().filter(|e| def.kinds.contains(&e.kind.as_str())).collect();
+fn event_rows(
+    def: &EventTable,
+    node: &str,
+    events: &[common::model::Event],
+) -> Result<Option<RecordBatch>, ArrowError> {
+    let rows: Vec<&common::model::Event> = events
+        .iter()
+        .filter(|e| def.kinds.contains(&e.kind.as_str()))
+        .collect();
     if rows.is_empty() {
         return Ok(None);
     }
     let attr = |e: &common::model::Event, k: &str| -> Option<String> {
-        e.attrs.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone())
+        e.attrs
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
     };
     let mut columns: Vec<ArrayRef> = vec![
-        Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|e| e.ts_ms)).with_timezone("UTC")),
+        Arc::new(
+            TimestampMillisecondArray::from_iter_values(rows.iter().map(|e| e.ts_ms))
+                .with_timezone("UTC"),
+        ),
         Arc::new(StringArray::from(vec![node; rows.len()])),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|e| e.entity.as_str()))),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|e| e.entity.as_str()),
+        )),
     ];
     for (_, src) in &def.columns {
         let col: ArrayRef = match src {
             Source::Text(k) => Arc::new(StringArray::from_iter(rows.iter().map(|e| attr(e, k)))),
-            Source::Int(k) => Arc::new(Int64Array::from_iter(rows.iter().map(|e| attr(e, k).and_then(|v| v.parse::<i64>().ok())))),
-            Source::Float(k) => Arc::new(Float64Array::from_iter(rows.iter().map(|e| attr(e, k).and_then(|v| v.parse::<f64>().ok())))),
-            Source::Kind => Arc::new(StringArray::from_iter_values(rows.iter().map(|e| e.kind.as_str()))),
-            Source::Severity => Arc::new(StringArray::from_iter_values(rows.iter().map(|e| e.severity.as_str()))),
-            Source::Message => Arc::new(StringArray::from_iter_values(rows.iter().map(|e| e.message.as_str()))),
+            Source::Int(k) => Arc::new(Int64Array::from_iter(
+                rows.iter()
+                    .map(|e| attr(e, k).and_then(|v| v.parse::<i64>().ok())),
+            )),
+            Source::Float(k) => Arc::new(Float64Array::from_iter(
+                rows.iter()
+                    .map(|e| attr(e, k).and_then(|v| v.parse::<f64>().ok())),
+            )),
+            Source::Kind => Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|e| e.kind.as_str()),
+            )),
+            Source::Severity => Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|e| e.severity.as_str()),
+            )),
+            Source::Message => Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|e| e.message.as_str()),
+            )),
         };
         columns.push(col);
     }
@@ -334,15 +412,35 @@ fn event_rows(def: &EventTable, node: &str, events: &[common::model::Event]) -> 
 /// Builds the `nodes` table rows.
 pub fn nodes_batch(rows: &[crate::store::state::NodeInfo]) -> Result<RecordBatch, ArrowError> {
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.node.as_str()))),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.agent_version.as_str()))),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.boot_id.as_str()))),
-        Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.session))),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.capabilities.join(",")))),
-        Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.first_seen_ms)).with_timezone("UTC")),
-        Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.last_seen_ms)).with_timezone("UTC")),
-        Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.batches))),
-        Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.samples))),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.node.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.agent_version.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.boot_id.as_str()),
+        )),
+        Arc::new(UInt64Array::from_iter_values(
+            rows.iter().map(|r| r.session),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.capabilities.join(",")),
+        )),
+        Arc::new(
+            TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.first_seen_ms))
+                .with_timezone("UTC"),
+        ),
+        Arc::new(
+            TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.last_seen_ms))
+                .with_timezone("UTC"),
+        ),
+        Arc::new(UInt64Array::from_iter_values(
+            rows.iter().map(|r| r.batches),
+        )),
+        Arc::new(UInt64Array::from_iter_values(
+            rows.iter().map(|r| r.samples),
+        )),
     ];
     RecordBatch::try_new(nodes_schema(), columns)
 }
@@ -359,11 +457,23 @@ mod tests {
             series: vec![
                 SeriesPoints {
                     key: SeriesKey::new("host", "cpu.usage_pct"),
-                    points: vec![Point { ts_ms: 1, value: 1.5 }, Point { ts_ms: 2, value: 2.5 }],
+                    points: vec![
+                        Point {
+                            ts_ms: 1,
+                            value: 1.5,
+                        },
+                        Point {
+                            ts_ms: 2,
+                            value: 2.5,
+                        },
+                    ],
                 },
                 SeriesPoints {
                     key: SeriesKey::new("process/7", "proc.rss_bytes").with_label("comm", "sh"),
-                    points: vec![Point { ts_ms: 1, value: 100.0 }],
+                    points: vec![Point {
+                        ts_ms: 1,
+                        value: 100.0,
+                    }],
                 },
             ],
             events: vec![],
@@ -373,8 +483,16 @@ mod tests {
         assert_eq!(rb.num_rows(), 3);
         assert_eq!(decoded.n_samples, 3);
         assert!(decoded.events.is_none());
-        let labels = rb.column(4).as_any().downcast_ref::<DictionaryArray<Int32Type>>().unwrap();
-        let values = labels.values().as_any().downcast_ref::<StringArray>().unwrap();
+        let labels = rb
+            .column(4)
+            .as_any()
+            .downcast_ref::<DictionaryArray<Int32Type>>()
+            .unwrap();
+        let values = labels
+            .values()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
         assert_eq!(values.value(labels.keys().value(2) as usize), "comm=sh");
         assert_eq!(labels.keys().value(0), 0);
         assert!(rb.column(5).null_count() == 0);
@@ -389,29 +507,72 @@ mod tests {
             kind: kind.into(),
             severity: Severity::Info,
             message: "m".into(),
-            attrs: attrs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            attrs: attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         let batch = Batch {
             series: vec![],
             events: vec![
-                ev("process.exec", &[("comm", "true"), ("pid", "42"), ("ppid", "7"), ("pod_uid", "abc")]),
-                ev("tcp.close", &[("daddr", "10.0.0.1"), ("dport", "443"), ("bytes_sent", "1000"), ("pid", "42")]),
-                ev("anomaly", &[("metric", "cpu.usage_pct"), ("score", "0.9"), ("value", "97")]),
+                ev(
+                    "process.exec",
+                    &[
+                        ("comm", "true"),
+                        ("pid", "42"),
+                        ("ppid", "7"),
+                        ("pod_uid", "abc"),
+                    ],
+                ),
+                ev(
+                    "tcp.close",
+                    &[
+                        ("daddr", "10.0.0.1"),
+                        ("dport", "443"),
+                        ("bytes_sent", "1000"),
+                        ("pid", "42"),
+                    ],
+                ),
+                ev(
+                    "anomaly",
+                    &[
+                        ("metric", "cpu.usage_pct"),
+                        ("score", "0.9"),
+                        ("value", "97"),
+                    ],
+                ),
                 ev("agent.started", &[]),
             ],
         };
         let decoded = to_arrow("n1", &batch).unwrap();
         assert_eq!(decoded.events.unwrap().num_rows(), 4);
         let tables: Vec<Table> = decoded.derived.iter().map(|(t, _)| *t).collect();
-        assert_eq!(tables, vec![Table::Anomalies, Table::ProcessEvents, Table::TcpConnections]);
+        assert_eq!(
+            tables,
+            vec![
+                Table::Anomalies,
+                Table::ProcessEvents,
+                Table::TcpConnections
+            ]
+        );
         let proc_rb = &decoded.derived[1].1;
         assert_eq!(proc_rb.schema(), Table::ProcessEvents.schema());
-        let ppid = proc_rb.column_by_name("ppid").unwrap().as_any().downcast_ref::<Int64Array>().unwrap();
+        let ppid = proc_rb
+            .column_by_name("ppid")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
         assert_eq!(ppid.value(0), 7);
         let exit = proc_rb.column_by_name("exit_code").unwrap();
         assert!(exit.is_null(0));
         let tcp = &decoded.derived[2].1;
-        let dport = tcp.column_by_name("dport").unwrap().as_any().downcast_ref::<Int64Array>().unwrap();
+        let dport = tcp
+            .column_by_name("dport")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
         assert_eq!(dport.value(0), 443);
     }
 }

@@ -144,14 +144,25 @@ impl StoreState {
 
     /// Highest seq of `(node, session)` already stored.
     pub fn durable_through(&self, node: &str, session: u64) -> Option<u64> {
-        self.sessions.get(node)?.iter().find(|m| m.session == session).map(|m| m.max_seq)
+        self.sessions
+            .get(node)?
+            .iter()
+            .find(|m| m.session == session)
+            .map(|m| m.max_seq)
     }
 
     /// Applies one WAL entry. `decoded` carries the Arrow form of a batch entry; `None`
     /// for hellos (and for batches that are known duplicates).
     pub fn apply(&mut self, entry: &WalEntry, decoded: Option<DecodedBatch>) -> Applied {
         match entry {
-            WalEntry::Hello { node, agent_version, boot_id, session, capabilities, received_ms } => {
+            WalEntry::Hello {
+                node,
+                agent_version,
+                boot_id,
+                session,
+                capabilities,
+                received_ms,
+            } => {
                 if let Some(info) = self.nodes.get_mut(node) {
                     info.agent_version = agent_version.clone();
                     info.boot_id = boot_id.clone();
@@ -176,8 +187,17 @@ impl StoreState {
                 }
                 Applied::Stored { samples: 0 }
             }
-            WalEntry::Batch { node, session, seq, received_ms, .. } => {
-                if self.durable_through(node, *session).is_some_and(|max| *seq <= max) {
+            WalEntry::Batch {
+                node,
+                session,
+                seq,
+                received_ms,
+                ..
+            } => {
+                if self
+                    .durable_through(node, *session)
+                    .is_some_and(|max| *seq <= max)
+                {
                     return Applied::Duplicate;
                 }
                 self.mark(node, *session, *seq, *received_ms);
@@ -198,7 +218,9 @@ impl StoreState {
                 for (table, rb) in decoded.derived {
                     self.hot.push(table, rb);
                 }
-                Applied::Stored { samples: decoded.n_samples }
+                Applied::Stored {
+                    samples: decoded.n_samples,
+                }
             }
         }
     }
@@ -212,11 +234,20 @@ impl StoreState {
         }
         if marks.len() >= SESSIONS_PER_NODE {
             // Forget the session that has been quiet longest.
-            if let Some(idx) = marks.iter().enumerate().min_by_key(|(_, m)| m.last_seen_ms).map(|(i, _)| i) {
+            if let Some(idx) = marks
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, m)| m.last_seen_ms)
+                .map(|(i, _)| i)
+            {
                 marks.swap_remove(idx);
             }
         }
-        marks.push(SessionMark { session, max_seq: seq, last_seen_ms: now_ms });
+        marks.push(SessionMark {
+            session,
+            max_seq: seq,
+            last_seen_ms: now_ms,
+        });
     }
 
     /// Moves hot data into a [`Frozen`] set covering WAL segments up to `through_segment`.
@@ -262,12 +293,21 @@ mod tests {
         let batch = Batch {
             series: vec![SeriesPoints {
                 key: SeriesKey::new("host", "cpu.usage_pct"),
-                points: vec![Point { ts_ms: seq as i64, value: 1.0 }],
+                points: vec![Point {
+                    ts_ms: seq as i64,
+                    value: 1.0,
+                }],
             }],
             events: vec![],
         };
         let decoded = to_arrow("n1", &batch).unwrap();
-        let entry = WalEntry::Batch { node: "n1".into(), session, seq, received_ms: seq as i64, payload: vec![] };
+        let entry = WalEntry::Batch {
+            node: "n1".into(),
+            session,
+            seq,
+            received_ms: seq as i64,
+            payload: vec![],
+        };
         (entry, Some(decoded))
     }
 
@@ -292,7 +332,10 @@ mod tests {
         }
         assert_eq!(state.session_marks().len(), SESSIONS_PER_NODE);
         // The oldest sessions were forgotten; the newest are remembered.
-        assert_eq!(state.durable_through("n1", SESSIONS_PER_NODE as u64 + 2), Some(1));
+        assert_eq!(
+            state.durable_through("n1", SESSIONS_PER_NODE as u64 + 2),
+            Some(1)
+        );
         assert_eq!(state.durable_through("n1", 0), None);
     }
 

@@ -128,22 +128,62 @@ struct Base {
     index_ts: bool,
 }
 
-const GENERIC: &[Kind] = &[Kind::Spike, Kind::LevelShift, Kind::TrendChange, Kind::VarianceChange];
-const SEASONAL: &[Kind] = &[Kind::Spike, Kind::LevelShift, Kind::TrendChange, Kind::VarianceChange, Kind::SeasonalBreak];
-const CPU: &[Kind] = &[Kind::Spike, Kind::CpuHog, Kind::LevelShift, Kind::TrendChange];
+const GENERIC: &[Kind] = &[
+    Kind::Spike,
+    Kind::LevelShift,
+    Kind::TrendChange,
+    Kind::VarianceChange,
+];
+const SEASONAL: &[Kind] = &[
+    Kind::Spike,
+    Kind::LevelShift,
+    Kind::TrendChange,
+    Kind::VarianceChange,
+    Kind::SeasonalBreak,
+];
+const CPU: &[Kind] = &[
+    Kind::Spike,
+    Kind::CpuHog,
+    Kind::LevelShift,
+    Kind::TrendChange,
+];
 
 fn bases() -> Vec<Base> {
-    let b = |name, step_ms, len, quiet, sigma, kinds, index_ts| Base { name, step_ms, len, quiet, sigma, kinds, index_ts };
+    let b = |name, step_ms, len, quiet, sigma, kinds, index_ts| Base {
+        name,
+        step_ms,
+        len,
+        quiet,
+        sigma,
+        kinds,
+        index_ts,
+    };
     vec![
         b("noise_1s", 1_000, 3_000, 200, 2.0, GENERIC, false),
         b("trend_1m", 60_000, 3_000, 200, 1.0, GENERIC, false),
-        b("daily_1m", 60_000, 7 * 1440, 1440 + 300, 2.0, SEASONAL, false),
+        b(
+            "daily_1m",
+            60_000,
+            7 * 1440,
+            1440 + 300,
+            2.0,
+            SEASONAL,
+            false,
+        ),
         b("daily_5m", 300_000, 21 * 288, 2 * 288, 2.0, SEASONAL, false),
         b("spiky_1s", 1_000, 4_000, 300, 1.0, GENERIC, false),
         b("random_walk_1m", 60_000, 3_000, 300, 1.0, GENERIC, false),
         b("cpu_1s", 1_000, 3_000, 200, 1.5, CPU, false),
         b("heavy_tail_1m", 60_000, 3_000, 300, 1.0, GENERIC, false),
-        b("counts_10s", 10_000, 3_000, 300, 3.0f64.sqrt(), GENERIC, false),
+        b(
+            "counts_10s",
+            10_000,
+            3_000,
+            300,
+            3.0f64.sqrt(),
+            GENERIC,
+            false,
+        ),
         b("hourly_index", 3_600_000, 2_000, 200, 10.0, SEASONAL, true),
     ]
 }
@@ -178,11 +218,21 @@ fn generate(base: &Base, seed: u64) -> Case {
             Kind::Spike => 1,
             Kind::LevelShift => 10,
             Kind::TrendChange => 70,
-            Kind::SeasonalBreak => if base.name == "daily_1m" { 180 } else { 36 },
+            Kind::SeasonalBreak => {
+                if base.name == "daily_1m" {
+                    180
+                } else {
+                    36
+                }
+            }
             Kind::VarianceChange => 80,
             Kind::CpuHog => 60,
         };
-        windows.push(Window { start, end: start + len, kind });
+        windows.push(Window {
+            start,
+            end: start + len,
+            kind,
+        });
     }
     // Per-window sizes.
     let sizes: Vec<f64> = windows
@@ -209,7 +259,9 @@ fn generate(base: &Base, seed: u64) -> Case {
                 Kind::LevelShift if i == w.start => level += size * s,
                 // A ramp for 60 samples, then the new level holds.
                 Kind::TrendChange if i >= w.start && i < w.start + 60 => level += size * s,
-                Kind::SeasonalBreak if i >= w.start && i < w.end => season_i = season(base, w.start),
+                Kind::SeasonalBreak if i >= w.start && i < w.end => {
+                    season_i = season(base, w.start)
+                }
                 Kind::VarianceChange if i >= w.start && i < w.end => noise_mult = size,
                 Kind::CpuHog if i >= w.start && i < w.end => hog = true,
                 _ => {}
@@ -223,7 +275,11 @@ fn generate(base: &Base, seed: u64) -> Case {
             }
             "spiky_1s" => {
                 // Spiky but normal: 2% of samples jump 3-5σ up.
-                let habit = if rng.uniform() < 0.02 { rng.range(3.0, 5.0) * s } else { 0.0 };
+                let habit = if rng.uniform() < 0.02 {
+                    rng.range(3.0, 5.0) * s
+                } else {
+                    0.0
+                };
                 20.0 + level + extra + habit + noise_mult * s * rng.normal()
             }
             "random_walk_1m" => {
@@ -234,7 +290,8 @@ fn generate(base: &Base, seed: u64) -> Case {
                 if hog {
                     (97.0 + 1.5 * rng.normal()).clamp(0.0, 100.0)
                 } else {
-                    (5.0 + level.abs() + extra.abs() + noise_mult * s * rng.normal()).clamp(0.0, 100.0)
+                    (5.0 + level.abs() + extra.abs() + noise_mult * s * rng.normal())
+                        .clamp(0.0, 100.0)
                 }
             }
             "heavy_tail_1m" => 30.0 + level + extra + noise_mult * s * rng.laplace(),
@@ -250,7 +307,13 @@ fn generate(base: &Base, seed: u64) -> Case {
         };
         values.push(v);
     }
-    Case { base: base.name, step_ms: base.step_ms, index_ts: base.index_ts, values, windows }
+    Case {
+        base: base.name,
+        step_ms: base.step_ms,
+        index_ts: base.index_ts,
+        values,
+        windows,
+    }
 }
 
 #[derive(Default, Clone)]
@@ -275,14 +338,26 @@ impl Score {
         self.delays.extend(&o.delays);
     }
     fn precision(&self) -> f64 {
-        if self.episodes == 0 { 1.0 } else { self.true_episodes as f64 / self.episodes as f64 }
+        if self.episodes == 0 {
+            1.0
+        } else {
+            self.true_episodes as f64 / self.episodes as f64
+        }
     }
     fn recall(&self) -> f64 {
-        if self.windows == 0 { 1.0 } else { self.detected as f64 / self.windows as f64 }
+        if self.windows == 0 {
+            1.0
+        } else {
+            self.detected as f64 / self.windows as f64
+        }
     }
     fn f1(&self) -> f64 {
         let (p, r) = (self.precision(), self.recall());
-        if p + r == 0.0 { 0.0 } else { 2.0 * p * r / (p + r) }
+        if p + r == 0.0 {
+            0.0
+        } else {
+            2.0 * p * r / (p + r)
+        }
     }
     fn median_delay(&self) -> Option<f64> {
         median(&self.delays)
@@ -296,7 +371,11 @@ fn median(v: &[usize]) -> Option<f64> {
     let mut v = v.to_vec();
     v.sort_unstable();
     let m = v.len() / 2;
-    Some(if v.len() % 2 == 1 { v[m] as f64 } else { (v[m - 1] + v[m]) as f64 / 2.0 })
+    Some(if v.len() % 2 == 1 {
+        v[m] as f64
+    } else {
+        (v[m - 1] + v[m]) as f64 / 2.0
+    })
 }
 
 /// Runs the agent's detector over a case; scores it overall and per anomaly kind.
@@ -307,7 +386,11 @@ fn evaluate(case: &Case, cfg: &DetectConfig) -> (Score, HashMap<Kind, Score>) {
         .iter()
         .enumerate()
         .map(|(i, &v)| {
-            let ts = if case.index_ts { (i as i64 + 1) * 1000 } else { T0 + i as i64 * case.step_ms };
+            let ts = if case.index_ts {
+                (i as i64 + 1) * 1000
+            } else {
+                T0 + i as i64 * case.step_ms
+            };
             det.observe(cfg, ts, v).in_anomaly
         })
         .collect();
@@ -325,7 +408,11 @@ fn evaluate(case: &Case, cfg: &DetectConfig) -> (Score, HashMap<Kind, Score>) {
             i += 1;
         }
     }
-    let mut total = Score { samples: case.values.len(), episodes: episodes.len(), ..Score::default() };
+    let mut total = Score {
+        samples: case.values.len(),
+        episodes: episodes.len(),
+        ..Score::default()
+    };
     let mut per_kind: HashMap<Kind, Score> = HashMap::new();
     for w in &case.windows {
         let k = per_kind.entry(w.kind).or_default();
@@ -340,7 +427,10 @@ fn evaluate(case: &Case, cfg: &DetectConfig) -> (Score, HashMap<Kind, Score>) {
         }
     }
     for &(s, e) in &episodes {
-        let matched = case.windows.iter().find(|w| s < w.end + TOLERANCE && e > w.start);
+        let matched = case
+            .windows
+            .iter()
+            .find(|w| s < w.end + TOLERANCE && e > w.start);
         match matched {
             Some(w) => {
                 total.true_episodes += 1;
@@ -392,7 +482,9 @@ fn cost(cfg: &DetectConfig) -> Cost {
     }
     let ns = start.elapsed().as_nanos() as f64 / (n_series * (steps - 1)) as f64;
     black_box(acc);
-    let rss_per = before.zip(after).map(|(b, a)| a.saturating_sub(b) as f64 / n_series as f64);
+    let rss_per = before
+        .zip(after)
+        .map(|(b, a)| a.saturating_sub(b) as f64 / n_series as f64);
     drop(dets);
 
     let before = rss_bytes();
@@ -406,13 +498,17 @@ fn cost(cfg: &DetectConfig) -> Cost {
     for step in 1..bank_steps {
         let ts = T0 + step as i64 * 1000;
         for key in 0..n_series as u64 {
-            let x = 50.0 + (key % 100) as f64 + 2.0 * table[((key as usize).wrapping_mul(7919) + step) & 8191];
+            let x = 50.0
+                + (key % 100) as f64
+                + 2.0 * table[((key as usize).wrapping_mul(7919) + step) & 8191];
             acc += bank.observe(&key, ts, x).score;
         }
     }
     let bank_ns = start.elapsed().as_nanos() as f64 / (n_series * (bank_steps - 1)) as f64;
     black_box(acc);
-    let bank_rss = before.zip(after).map(|(b, a)| a.saturating_sub(b) as f64 / n_series as f64);
+    let bank_rss = before
+        .zip(after)
+        .map(|(b, a)| a.saturating_sub(b) as f64 / n_series as f64);
     Cost {
         ns_per_sample: ns,
         bank_ns_per_sample: bank_ns,
@@ -459,9 +555,10 @@ fn logs_quality() -> Vec<LogResult> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/logs");
     let mut out = Vec::new();
     for name in ["hdfs", "nginx", "kubelet", "app_json", "sshd", "spring_cri"] {
-        let (Ok(text), Ok(events)) =
-            (std::fs::read_to_string(dir.join(format!("{name}.log"))), std::fs::read_to_string(dir.join(format!("{name}.events"))))
-        else {
+        let (Ok(text), Ok(events)) = (
+            std::fs::read_to_string(dir.join(format!("{name}.log"))),
+            std::fs::read_to_string(dir.join(format!("{name}.events"))),
+        ) else {
             eprintln!("missing benches/data/logs/{name}.log or .events; run generate.py there");
             continue;
         };
@@ -471,7 +568,11 @@ fn logs_quality() -> Vec<LogResult> {
         let secs = start.elapsed().as_secs_f64();
         let resolved = backtest::resolve(&rows, &miner);
         let predicted: Vec<u64> = resolved.iter().map(|r| r.1).collect();
-        assert_eq!(predicted.len(), truth.len(), "{name}: lines and labels differ in number");
+        assert_eq!(
+            predicted.len(),
+            truth.len(),
+            "{name}: lines and labels differ in number"
+        );
         let mut distinct: Vec<u64> = predicted.clone();
         distinct.sort_unstable();
         distinct.dedup();
@@ -516,7 +617,10 @@ fn main() -> anyhow::Result<()> {
     }
 
     println!("== detection quality (synthetic, event level, tolerance {TOLERANCE} samples) ==");
-    println!("{:<18} {:>7} {:>8} {:>8} {:>6} {:>6} {:>6} {:>7} {:>10}", "series", "windows", "detected", "FP eps", "prec", "recall", "F1", "delay", "FP/10k");
+    println!(
+        "{:<18} {:>7} {:>8} {:>8} {:>6} {:>6} {:>6} {:>7} {:>10}",
+        "series", "windows", "detected", "FP eps", "prec", "recall", "F1", "delay", "FP/10k"
+    );
     for (name, s) in &by_base {
         println!(
             "{:<18} {:>7} {:>8} {:>8} {:>6.3} {:>6.3} {:>6.3} {:>7} {:>10.2}",
@@ -544,32 +648,72 @@ fn main() -> anyhow::Result<()> {
         total.false_episodes as f64 * 1e4 / total.samples as f64
     );
     println!();
-    println!("{:<18} {:>7} {:>8} {:>6} {:>7}", "anomaly kind", "windows", "detected", "recall", "delay");
+    println!(
+        "{:<18} {:>7} {:>8} {:>6} {:>7}",
+        "anomaly kind", "windows", "detected", "recall", "delay"
+    );
     let mut kinds: Vec<_> = by_kind.iter().collect();
     kinds.sort_by_key(|(k, _)| **k);
     for (k, s) in &kinds {
-        println!("{:<18} {:>7} {:>8} {:>6.3} {:>7}", k.name(), s.windows, s.detected, s.recall(), fmt_opt(s.median_delay()));
+        println!(
+            "{:<18} {:>7} {:>8} {:>6.3} {:>7}",
+            k.name(),
+            s.windows,
+            s.detected,
+            s.recall(),
+            fmt_opt(s.median_delay())
+        );
     }
 
     let c = cost(&cfg);
     println!();
-    println!("== cost ({} series x {} steps, this build) ==", c.series, c.steps);
-    println!("ns per sample per series      {:>10.1}  (SeriesDetector)", c.ns_per_sample);
-    println!("ns per sample per series      {:>10.1}  (DetectorBank<u64>, with lookup)", c.bank_ns_per_sample);
-    println!("state bytes per series        {:>10}  (size_of, no heap)", c.state_bytes);
-    println!("resident bytes per series     {:>10}  (measured, detectors alone)", fmt_opt(c.rss_bytes_per_series));
-    println!("resident bytes per series     {:>10}  (measured, in a DetectorBank)", fmt_opt(c.bank_rss_bytes_per_series));
-    println!("CPU % of one core, 10k @ 1 s  {:>10.2}", c.cpu_percent_10k_at_1s);
+    println!(
+        "== cost ({} series x {} steps, this build) ==",
+        c.series, c.steps
+    );
+    println!(
+        "ns per sample per series      {:>10.1}  (SeriesDetector)",
+        c.ns_per_sample
+    );
+    println!(
+        "ns per sample per series      {:>10.1}  (DetectorBank<u64>, with lookup)",
+        c.bank_ns_per_sample
+    );
+    println!(
+        "state bytes per series        {:>10}  (size_of, no heap)",
+        c.state_bytes
+    );
+    println!(
+        "resident bytes per series     {:>10}  (measured, detectors alone)",
+        fmt_opt(c.rss_bytes_per_series)
+    );
+    println!(
+        "resident bytes per series     {:>10}  (measured, in a DetectorBank)",
+        fmt_opt(c.bank_rss_bytes_per_series)
+    );
+    println!(
+        "CPU % of one core, 10k @ 1 s  {:>10.2}",
+        c.cpu_percent_10k_at_1s
+    );
 
     let logs = logs_quality();
     println!();
     println!("== log template grouping accuracy (LogPAI definition) ==");
-    println!("{:<12} {:>6} {:>7} {:>10} {:>9} {:>12}", "set", "lines", "events", "templates", "accuracy", "lines/s");
+    println!(
+        "{:<12} {:>6} {:>7} {:>10} {:>9} {:>12}",
+        "set", "lines", "events", "templates", "accuracy", "lines/s"
+    );
     for l in &logs {
-        println!("{:<12} {:>6} {:>7} {:>10} {:>9.3} {:>12.0}", l.name, l.lines, l.events, l.templates, l.accuracy, l.lines_per_sec);
+        println!(
+            "{:<12} {:>6} {:>7} {:>10} {:>9.3} {:>12.0}",
+            l.name, l.lines, l.events, l.templates, l.accuracy, l.lines_per_sec
+        );
     }
     let mean_ga = logs.iter().map(|l| l.accuracy).sum::<f64>() / logs.len().max(1) as f64;
-    println!("{:<12} {:>6} {:>7} {:>10} {:>9.3}", "MEAN", "", "", "", mean_ga);
+    println!(
+        "{:<12} {:>6} {:>7} {:>10} {:>9.3}",
+        "MEAN", "", "", "", mean_ga
+    );
 
     let report = json!({
         "detection": {

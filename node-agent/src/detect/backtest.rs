@@ -55,7 +55,11 @@ pub fn parse_csv(text: &str) -> Result<Vec<Row<'_>>, RowError> {
         }
         let first = !seen_first;
         seen_first = true;
-        let bad = |reason| RowError { line, reason, row: cut(trimmed, 200).to_string() };
+        let bad = |reason| RowError {
+            line,
+            reason,
+            row: cut(trimmed, 200).to_string(),
+        };
         let fields = split_fields(trimmed);
         if fields.len() < 2 {
             if first && parse_timestamp(&fields[0]).is_none() {
@@ -85,14 +89,22 @@ pub fn parse_csv(text: &str) -> Result<Vec<Row<'_>>, RowError> {
 /// Scores every row with one fresh [`SeriesDetector`], in input order.
 pub fn score_rows(rows: &[Row<'_>], cfg: &DetectConfig) -> Vec<f64> {
     let mut det = SeriesDetector::new(cfg);
-    rows.iter().map(|r| det.observe(cfg, r.ts_ms, r.value).score).collect()
+    rows.iter()
+        .map(|r| det.observe(cfg, r.ts_ms, r.value).score)
+        .collect()
 }
 
 /// Writes `timestamp,value,anomaly_score` with one row per input row.
 pub fn write_csv(rows: &[Row<'_>], scores: &[f64], out: &mut impl Write) -> io::Result<()> {
     writeln!(out, "timestamp,value,anomaly_score")?;
     for (row, score) in rows.iter().zip(scores) {
-        writeln!(out, "{},{},{:.6}", csv_field(&row.timestamp), csv_field(&row.value_text), score)?;
+        writeln!(
+            out,
+            "{},{},{:.6}",
+            csv_field(&row.timestamp),
+            csv_field(&row.value_text),
+            score
+        )?;
     }
     Ok(())
 }

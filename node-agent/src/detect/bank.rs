@@ -51,7 +51,12 @@ impl<K: Hash + Eq + Clone> DetectorBank<K> {
                 idx
             }
             None if self.slots.len() < self.max_series => {
-                self.slots.push(Slot { key: key.clone(), det: SeriesDetector::new(&self.cfg), prev: NIL, next: NIL });
+                self.slots.push(Slot {
+                    key: key.clone(),
+                    det: SeriesDetector::new(&self.cfg),
+                    prev: NIL,
+                    next: NIL,
+                });
                 let idx = (self.slots.len() - 1) as u32;
                 self.index.insert(key.clone(), idx);
                 idx
@@ -69,7 +74,9 @@ impl<K: Hash + Eq + Clone> DetectorBank<K> {
             }
         };
         self.push_front(idx);
-        self.slots[idx as usize].det.observe(&self.cfg, ts_ms, value)
+        self.slots[idx as usize]
+            .det
+            .observe(&self.cfg, ts_ms, value)
     }
 
     /// Series currently tracked.
@@ -94,7 +101,9 @@ impl<K: Hash + Eq + Clone> DetectorBank<K> {
 
     /// The detector of `key`, if tracked.
     pub fn get(&self, key: &K) -> Option<&SeriesDetector> {
-        self.index.get(key).map(|&idx| &self.slots[idx as usize].det)
+        self.index
+            .get(key)
+            .map(|&idx| &self.slots[idx as usize].det)
     }
 
     fn unlink(&mut self, idx: u32) {

@@ -133,7 +133,11 @@ impl Episode {
     /// Advances one sample; true when a reported episode opens on it.
     fn step(&mut self, cfg: &DetectConfig, ts_ms: i64, score: f64) -> bool {
         if !self.open {
-            self.hot = if score >= cfg.open_threshold { self.hot.saturating_add(1) } else { 0 };
+            self.hot = if score >= cfg.open_threshold {
+                self.hot.saturating_add(1)
+            } else {
+                0
+            };
             if u32::from(self.hot) < cfg.min_duration.max(1) {
                 return false;
             }
@@ -154,7 +158,11 @@ impl Episode {
             }
             self.reported
         } else {
-            self.cool = if score < cfg.close_threshold { self.cool.saturating_add(1) } else { 0 };
+            self.cool = if score < cfg.close_threshold {
+                self.cool.saturating_add(1)
+            } else {
+                0
+            };
             if u32::from(self.cool) >= cfg.close_after.max(1) {
                 self.open = false;
                 self.reported = false;
@@ -231,7 +239,11 @@ pub struct SeriesDetector {
 impl SeriesDetector {
     /// A fresh detector; it learns for `cfg.warmup` samples before scoring.
     pub fn new(cfg: &DetectConfig) -> Self {
-        let burst = if cfg.episode_burst.is_finite() { cfg.episode_burst.max(0.0) as f32 } else { 1.0 };
+        let burst = if cfg.episode_burst.is_finite() {
+            cfg.episode_burst.max(0.0) as f32
+        } else {
+            1.0
+        };
         SeriesDetector {
             n: 0,
             season: SEASON_UNDECIDED,
@@ -307,7 +319,14 @@ impl SeriesDetector {
         let x = value.clamp(-MAX_ABS, MAX_ABS);
         if self.n == 0 {
             self.start(ts_ms, x);
-            return Observation { score: 0.0, expected: x, lower: x, upper: x, anomaly: None, in_anomaly: false };
+            return Observation {
+                score: 0.0,
+                expected: x,
+                lower: x,
+                upper: x,
+                anomaly: None,
+                in_anomaly: false,
+            };
         }
         self.track_time(ts_ms);
         let season = self.season_at(ts_ms);
@@ -340,10 +359,18 @@ impl SeriesDetector {
         }
         if warm {
             self.var_cusum = (self.var_cusum + (VAR_GAIN * zv2 - VAR_COST) as f32).max(0.0);
-            self.var_run = if self.var_cusum > 0.0 { self.var_run.saturating_add(1) } else { 0 };
+            self.var_run = if self.var_cusum > 0.0 {
+                self.var_run.saturating_add(1)
+            } else {
+                0
+            };
         }
         let surprise = [
-            if z_f.abs() > 1.9 { stats::normal_surprise(z_f) } else { 0.0 },
+            if z_f.abs() > 1.9 {
+                stats::normal_surprise(z_f)
+            } else {
+                0.0
+            },
             f64::from(self.cusum_pos.max(self.cusum_neg)),
             f64::from(self.var_cusum),
         ];
@@ -356,7 +383,8 @@ impl SeriesDetector {
         if warm {
             for i in 0..N_DET {
                 if surprise[i] > TAIL_U {
-                    let p = (self.tails[i].tail_prob(surprise[i], PRIOR_PU[i]) * N_DET as f64).min(1.0);
+                    let p =
+                        (self.tails[i].tail_prob(surprise[i], PRIOR_PU[i]) * N_DET as f64).min(1.0);
                     let s = (-p / cfg.false_alarm_rate).exp2();
                     det_score[i] = if s.is_nan() { 0.0 } else { s.clamp(0.0, 1.0) };
                     if det_score[i] > score {
@@ -385,7 +413,17 @@ impl SeriesDetector {
                 lower,
                 upper,
                 value,
-                explanation: explain(which, value, expected, lower, upper, z_f, run, self.var_ew, p_best),
+                explanation: explain(
+                    which,
+                    value,
+                    expected,
+                    lower,
+                    upper,
+                    z_f,
+                    run,
+                    self.var_ew,
+                    p_best,
+                ),
             }
         });
 
@@ -393,7 +431,10 @@ impl SeriesDetector {
         if warm && det_score[CHANGE] >= cfg.open_threshold {
             self.rebase_level(d, sig_s);
         }
-        if warm && det_score[VARIANCE] >= cfg.open_threshold && det_score[VARIANCE] >= det_score[CHANGE] {
+        if warm
+            && det_score[VARIANCE] >= cfg.open_threshold
+            && det_score[VARIANCE] >= det_score[CHANGE]
+        {
             self.rebase_scale();
         }
         self.n = self.n.saturating_add(1);
@@ -403,7 +444,14 @@ impl SeriesDetector {
         if self.n % 32 == 0 || self.n == cfg.warmup {
             self.update_band(cfg);
         }
-        Observation { score, expected, lower, upper, anomaly, in_anomaly: self.episode.open && self.episode.reported }
+        Observation {
+            score,
+            expected,
+            lower,
+            upper,
+            anomaly,
+            in_anomaly: self.episode.open && self.episode.reported,
+        }
     }
 
     /// The observation for a sample that cannot be scored.
@@ -412,7 +460,10 @@ impl SeriesDetector {
             (0.0, 0.0)
         } else {
             let sig = (self.abs_f * MEAN_ABS_TO_SIGMA).max(1e-300);
-            (self.lf + self.trend + self.season_at(ts_ms), f64::from(self.band_z) * sig)
+            (
+                self.lf + self.trend + self.season_at(ts_ms),
+                f64::from(self.band_z) * sig,
+            )
         };
         Observation {
             score: 0.0,
@@ -441,7 +492,11 @@ impl SeriesDetector {
         if self.season == SEASON_UNDECIDED {
             let slot = (self.n - 1) as usize;
             if slot < NBINS {
-                self.bins[slot] = if delta > 0 { delta.min(1 << 24) as f32 } else { 0.0 };
+                self.bins[slot] = if delta > 0 {
+                    delta.min(1 << 24) as f32
+                } else {
+                    0.0
+                };
             }
         }
         self.last_ts = ts_ms;
@@ -473,7 +528,9 @@ impl SeriesDetector {
         if warm {
             let flagged = score >= cfg.open_threshold;
             self.flag_rate += FLAG_RATE_DECAY * (f32::from(u8::from(flagged)) - self.flag_rate);
-            let w_anomalous = (self.flag_rate / FLAG_RATE_NORMAL).powi(2).clamp(MIN_ANOMALOUS_WEIGHT, 1.0);
+            let w_anomalous = (self.flag_rate / FLAG_RATE_NORMAL)
+                .powi(2)
+                .clamp(MIN_ANOMALOUS_WEIGHT, 1.0);
             let w = if flagged { w_anomalous } else { 1.0 };
             for tail in &mut self.tails {
                 tail.count(1.0);
@@ -481,7 +538,10 @@ impl SeriesDetector {
             self.tails[SPIKE].event(surprise[SPIKE], w);
             // CUSUM excursions are learned once, by their peak, when they end; an excursion
             // that reached the alert level is learned as anomalous.
-            for (i, peak) in [(CHANGE, &mut self.cusum_peak), (VARIANCE, &mut self.var_peak)] {
+            for (i, peak) in [
+                (CHANGE, &mut self.cusum_peak),
+                (VARIANCE, &mut self.var_peak),
+            ] {
                 *peak = peak.max(surprise[i] as f32);
                 if surprise[i] <= 0.0 && *peak > 0.0 {
                     let p = cfg.false_alarm_rate * (1.0 / cfg.open_threshold).log2() / N_DET as f64;
@@ -496,7 +556,10 @@ impl SeriesDetector {
         let (ef_c, es_c) = if young {
             (e_f, e_s)
         } else {
-            (e_f.clamp(-HUBER * sig_f, HUBER * sig_f), e_s.clamp(-HUBER * sig_s, HUBER * sig_s))
+            (
+                e_f.clamp(-HUBER * sig_f, HUBER * sig_f),
+                e_s.clamp(-HUBER * sig_s, HUBER * sig_s),
+            )
         };
         let trend = self.trend;
         self.lf += trend + ALPHA * ef_c;
@@ -506,7 +569,10 @@ impl SeriesDetector {
         let (af, as_) = if young {
             (e_f.abs(), e_s.abs())
         } else {
-            (e_f.abs().min(SCALE_CLIP * sig_f), e_s.abs().min(SLOW_SCALE_CLIP * sig_s))
+            (
+                e_f.abs().min(SCALE_CLIP * sig_f),
+                e_s.abs().min(SLOW_SCALE_CLIP * sig_s),
+            )
         };
         self.abs_f += ALPHA_SCALE.max(1.0 / n) * (af - self.abs_f);
         self.abs_s += ALPHA_SLOW_SCALE.max(1.0 / n) * (as_ - self.abs_s);
@@ -558,7 +624,11 @@ impl SeriesDetector {
         let mut m = 0;
         for (age, slot) in buf.iter_mut().enumerate().take(self.ring_len()) {
             let v = self.ring_back(age);
-            let beyond = if up { v - (self.ls - age as f64 * self.trend_slow) } else { self.ls - age as f64 * self.trend_slow - v };
+            let beyond = if up {
+                v - (self.ls - age as f64 * self.trend_slow)
+            } else {
+                self.ls - age as f64 * self.trend_slow - v
+            };
             if age > 0 && beyond < 0.5 * sig_s {
                 break;
             }
@@ -615,13 +685,19 @@ impl SeriesDetector {
         let p = cfg.false_alarm_rate / N_DET as f64;
         let s = self.tails[SPIKE].quantile(p, PRIOR_PU[SPIKE]);
         let z = stats::normal_z_for_surprise(s);
-        self.band_z = if z.is_finite() { z.clamp(1.0, 50.0) as f32 } else { 4.0 };
+        self.band_z = if z.is_finite() {
+            z.clamp(1.0, 50.0) as f32
+        } else {
+            4.0
+        };
     }
 
     /// Position of `ts_ms` in the profile: (lower bin, upper bin, weight of the upper).
     fn phase(&self, ts_ms: i64) -> (usize, usize, f64) {
         let nb = self.nbins as usize;
-        let within = ts_ms.wrapping_sub(self.origin_ms).rem_euclid(self.period_ms.max(1));
+        let within = ts_ms
+            .wrapping_sub(self.origin_ms)
+            .rem_euclid(self.period_ms.max(1));
         let pos = within as f64 / self.period_ms.max(1) as f64 * nb as f64 - 0.5;
         let lo = pos.floor();
         let w = pos - lo;
@@ -675,7 +751,11 @@ impl SeriesDetector {
             // First pass: a running mean per nearest bin. Gradient steps on the
             // interpolated profile would push each bin to make up for its unlearned
             // neighbour and start the profile with a ripple.
-            let (k, frac) = if w < 0.5 { (i0, w + 0.5) } else { (i1, w - 0.5) };
+            let (k, frac) = if w < 0.5 {
+                (i0, w + 0.5)
+            } else {
+                (i1, w - 0.5)
+            };
             let seen = (frac * per_bin).floor().min(age);
             let target = x - self.lseason;
             self.bins[k] += ((target - f64::from(self.bins[k])) / (seen + 1.0)) as f32;
@@ -744,10 +824,18 @@ impl SeriesDetector {
         // From here on a season is in use. A long one starts with no trend: 64 samples of
         // it say nothing about the trend, only about the seasonal slope of the moment.
         let is_daily = cfg.season_len == 0 && period == DAY_MS / interval && ts_ms >= EPOCH_MIN_MS;
-        self.period_ms = if is_daily { DAY_MS } else { period.saturating_mul(interval) };
+        self.period_ms = if is_daily {
+            DAY_MS
+        } else {
+            period.saturating_mul(interval)
+        };
         self.nbins = period.min(NBINS as i64) as u8;
         // With one bin per sample, put the samples on the bin centres.
-        self.origin_ms = if period <= NBINS as i64 { ts_ms - interval / 2 } else { 0 };
+        self.origin_ms = if period <= NBINS as i64 {
+            ts_ms - interval / 2
+        } else {
+            0
+        };
         self.season = SEASON_ON;
         self.season_start = self.n;
         self.lseason = self.ls;
@@ -847,7 +935,11 @@ fn acf_period(ordered: &[f64; RING]) -> Option<u32> {
     }
     let mut abs = y.map(f64::abs);
     let mad = median(&mut abs);
-    let clip = if mad > 0.0 { 4.0 * 1.4826 * mad } else { f64::INFINITY };
+    let clip = if mad > 0.0 {
+        4.0 * 1.4826 * mad
+    } else {
+        f64::INFINITY
+    };
     for v in &mut y {
         *v = v.clamp(-clip, clip);
     }
@@ -862,7 +954,11 @@ fn acf_period(ordered: &[f64; RING]) -> Option<u32> {
             sxx += y[i] * y[i];
             syy += y[i + lag] * y[i + lag];
         }
-        *slot = if sxx > 0.0 && syy > 0.0 { sxy / (sxx * syy).sqrt() } else { 0.0 };
+        *slot = if sxx > 0.0 && syy > 0.0 {
+            sxy / (sxx * syy).sqrt()
+        } else {
+            0.0
+        };
     }
     let mut best = 0.0f64;
     let mut candidates = [0usize; 32];
@@ -875,7 +971,10 @@ fn acf_period(ordered: &[f64; RING]) -> Option<u32> {
             best = best.max(r[lag]);
         }
     }
-    candidates[..n_cand].iter().find(|&&lag| r[lag] >= 0.85 * best).map(|&lag| lag as u32)
+    candidates[..n_cand]
+        .iter()
+        .find(|&&lag| r[lag] >= 0.85 * best)
+        .map(|&lag| lag as u32)
 }
 
 /// Median of a small slice (sorts it). NaN-free input assumed; NaNs sort last.
@@ -885,7 +984,11 @@ fn median(v: &mut [f64]) -> f64 {
     }
     v.sort_unstable_by(f64::total_cmp);
     let mid = v.len() / 2;
-    if v.len() % 2 == 1 { v[mid] } else { 0.5 * (v[mid - 1] + v[mid]) }
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        0.5 * (v[mid - 1] + v[mid])
+    }
 }
 
 fn finite_z(z: f64) -> f64 {
@@ -903,7 +1006,11 @@ pub(crate) fn fmt_num(x: f64) -> String {
     }
     let decimals = (3 - a.log10().floor() as i32).clamp(0, 6) as usize;
     let s = format!("{x:.decimals$}");
-    if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s }
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -919,7 +1026,12 @@ fn explain(
     p: f64,
 ) -> String {
     let dir = if value >= expected { "above" } else { "below" };
-    let (v, e, lo, hi) = (fmt_num(value), fmt_num(expected), fmt_num(lower), fmt_num(upper));
+    let (v, e, lo, hi) = (
+        fmt_num(value),
+        fmt_num(expected),
+        fmt_num(lower),
+        fmt_num(upper),
+    );
     let tail = format!("calibrated tail probability {p:.1e}");
     match which {
         CHANGE => format!(
@@ -932,7 +1044,11 @@ fn explain(
             f64::from(var_ew).max(1.0).sqrt()
         ),
         _ => {
-            let far = if value > upper || value < lower { "far " } else { "" };
+            let far = if value > upper || value < lower {
+                "far "
+            } else {
+                ""
+            };
             format!(
                 "value {v} is {far}{dir} the expected {e} (normal range {lo} to {hi}), {:.1} scales off \
                  (robust_residual, {tail})",
@@ -948,7 +1064,11 @@ impl SeriesDetector {
     pub(crate) fn debug_line(&self) -> String {
         format!(
             "tails={:?} lf={:.4} T={:.4} ls={:.4} lseas={:.4} sf={:.4} ss={:.4} cu+={:.2} cu-={:.2} run={} var={:.2} vew={:.2} flag={:.4} band={:.2}",
-            self.tails.iter().zip(PRIOR_PU).map(|(t, p)| format!("{:.1}", t.quantile(1e-5, p))).collect::<Vec<_>>(),
+            self.tails
+                .iter()
+                .zip(PRIOR_PU)
+                .map(|(t, p)| format!("{:.1}", t.quantile(1e-5, p)))
+                .collect::<Vec<_>>(),
             self.lf,
             self.trend,
             self.ls,

@@ -32,9 +32,14 @@ pub(crate) fn ln_erfc(x: f64) -> f64 {
                 + t * (0.096_784_18
                     + t * (-0.186_288_06
                         + t * (0.278_868_07
-                            + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+                            + t * (-1.135_203_98
+                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
     if x >= 0.0 {
-        if t == 0.0 { f64::NEG_INFINITY } else { t.ln() + poly }
+        if t == 0.0 {
+            f64::NEG_INFINITY
+        } else {
+            t.ln() + poly
+        }
     } else {
         (2.0 - t * poly.exp()).ln()
     }
@@ -151,7 +156,11 @@ impl Tail {
         for k in 0..2 {
             if ln_p >= ln_rate[k + 1] {
                 let span = ln_rate[k + 1] - ln_rate[k];
-                let frac = if span < 0.0 { (ln_p - ln_rate[k]) / span } else { 0.0 };
+                let frac = if span < 0.0 {
+                    (ln_p - ln_rate[k]) / span
+                } else {
+                    0.0
+                };
                 return TAIL_U + (k as f64 + frac) * KNOT_STEP;
             }
         }
@@ -186,22 +195,34 @@ mod tests {
     fn tail_starts_at_the_null_and_learns_a_heavier_tail() {
         let mut t = Tail::default();
         let prior = t.tail_prob(10.0, 0.05);
-        assert!((prior - 0.05 * (-7.0f64).exp()).abs() / prior < 1e-6, "{prior}");
+        assert!(
+            (prior - 0.05 * (-7.0f64).exp()).abs() / prior < 1e-6,
+            "{prior}"
+        );
         // One sample in ten is a surprise of 3 + Exp(mean 3): three times the null's.
         let mut x = 1u64;
         let mut uniform = || {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((x >> 11) as f64 + 0.5) / (1u64 << 53) as f64
         };
         for _ in 0..40_000 {
             let u = uniform();
-            let s = if u < 0.1 { TAIL_U - 3.0 * (u / 0.1).ln() } else { u };
+            let s = if u < 0.1 {
+                TAIL_U - 3.0 * (u / 0.1).ln()
+            } else {
+                u
+            };
             t.count(1.0);
             t.event(s, 1.0);
         }
         let learned = t.tail_prob(10.0, 0.05);
         let truth = 0.1 * (-7.0f64 / 3.0).exp();
-        assert!(learned / truth > 0.5 && learned / truth < 2.0, "{learned} vs {truth}");
+        assert!(
+            learned / truth > 0.5 && learned / truth < 2.0,
+            "{learned} vs {truth}"
+        );
         let q = t.quantile(learned, 0.05);
         assert!((q - 10.0).abs() < 1e-6, "{q}");
         for s in [3.5, 5.0, 7.0, 9.5, 14.0] {
@@ -215,7 +236,9 @@ mod tests {
         // The null exactly (surprise ~ Exp(1)), with and without one big outlier.
         let mut x = 7u64;
         let mut uniform = || {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((x >> 11) as f64 + 0.5) / (1u64 << 53) as f64
         };
         let (mut clean, mut dirty) = (Tail::default(), Tail::default());
@@ -231,6 +254,9 @@ mod tests {
         }
         let (a, b) = (clean.quantile(1e-5, 0.05), dirty.quantile(1e-5, 0.05));
         assert!((a - 11.5).abs() < 1.5, "clean threshold {a}");
-        assert!((b - a).abs() < 1.5, "one outlier moved the threshold from {a} to {b}");
+        assert!(
+            (b - a).abs() < 1.5,
+            "one outlier moved the threshold from {a} to {b}"
+        );
     }
 }

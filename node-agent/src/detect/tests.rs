@@ -26,15 +26,28 @@ const T0: i64 = 1_700_000_000_000;
 /// Runs `values` at `step_ms` through one detector; returns observations.
 fn run(cfg: &DetectConfig, step_ms: i64, values: &[f64]) -> Vec<Observation> {
     let mut det = SeriesDetector::new(cfg);
-    values.iter().enumerate().map(|(i, &v)| det.observe(cfg, T0 + i as i64 * step_ms, v)).collect()
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| det.observe(cfg, T0 + i as i64 * step_ms, v))
+        .collect()
 }
 
 fn episodes(obs: &[Observation], from: usize) -> Vec<usize> {
-    obs.iter().enumerate().skip(from).filter(|(_, o)| o.anomaly.is_some()).map(|(i, _)| i).collect()
+    obs.iter()
+        .enumerate()
+        .skip(from)
+        .filter(|(_, o)| o.anomaly.is_some())
+        .map(|(i, _)| i)
+        .collect()
 }
 
 fn first_flag(obs: &[Observation], from: usize) -> Option<usize> {
-    obs.iter().enumerate().skip(from).find(|(_, o)| o.in_anomaly).map(|(i, _)| i - from)
+    obs.iter()
+        .enumerate()
+        .skip(from)
+        .find(|(_, o)| o.in_anomaly)
+        .map(|(i, _)| i - from)
 }
 
 #[test]
@@ -56,8 +69,15 @@ fn step_of_ten_sigma_is_detected_within_three_samples() {
     // One episode for one step: re-basing makes the new level normal.
     let eps = episodes(&obs, 400);
     assert_eq!(eps.len(), 1, "episodes at {eps:?}");
-    assert!(obs[450..].iter().all(|o| !o.in_anomaly), "still anomalous long after the step");
-    assert!((obs[599].expected - 60.0).abs() < 1.0, "did not adapt: {}", obs[599].expected);
+    assert!(
+        obs[450..].iter().all(|o| !o.in_anomaly),
+        "still anomalous long after the step"
+    );
+    assert!(
+        (obs[599].expected - 60.0).abs() < 1.0,
+        "did not adapt: {}",
+        obs[599].expected
+    );
 }
 
 #[test]
@@ -69,7 +89,11 @@ fn gaussian_noise_gives_few_false_episodes() {
         let v: Vec<f64> = (0..10_000).map(|_| 20.0 + 3.0 * rng.normal()).collect();
         let obs = run(&cfg, 1000, &v);
         let eps = episodes(&obs, 0);
-        assert!(eps.len() <= 3, "seed {seed}: {} false episodes at {eps:?}", eps.len());
+        assert!(
+            eps.len() <= 3,
+            "seed {seed}: {} false episodes at {eps:?}",
+            eps.len()
+        );
         total += eps.len();
         assert!(obs.iter().all(|o| (0.0..=1.0).contains(&o.score)));
     }
@@ -99,7 +123,10 @@ fn daily_seasonality_at_one_and_five_minutes_is_not_flagged() {
         let eps = episodes(&obs, per_day);
         let allowed = 1 + (v.len() - per_day) / 5000;
         assert!(eps.len() <= allowed, "step {step}: episodes at {eps:?}");
-        assert!(episodes(&obs, 0).len() <= allowed + 1, "step {step}: first day");
+        assert!(
+            episodes(&obs, 0).len() <= allowed + 1,
+            "step {step}: first day"
+        );
     }
 }
 
@@ -114,7 +141,10 @@ fn seasonal_break_is_detected() {
         *x = hold;
     }
     let obs = run(&DetectConfig::default(), step, &v);
-    assert!(episodes(&obs[..start], 288).is_empty(), "false alarms before the break");
+    assert!(
+        episodes(&obs[..start], 288).is_empty(),
+        "false alarms before the break"
+    );
     let delay = first_flag(&obs, start).expect("seasonal break not detected");
     assert!(delay <= 24, "delay {delay}");
 }
@@ -122,7 +152,9 @@ fn seasonal_break_is_detected() {
 #[test]
 fn cpu_hog_jump_is_flagged_within_three_samples() {
     let mut rng = Noise(3);
-    let mut v: Vec<f64> = (0..400).map(|_| (5.0 + 1.5 * rng.normal()).clamp(0.0, 100.0)).collect();
+    let mut v: Vec<f64> = (0..400)
+        .map(|_| (5.0 + 1.5 * rng.normal()).clamp(0.0, 100.0))
+        .collect();
     for x in &mut v[300..360] {
         *x = (99.0 + 0.5 * rng.normal()).min(100.0);
     }
@@ -141,7 +173,10 @@ fn slow_memory_leak_ramp_is_flagged_within_thirty_samples() {
         *x += 2.0e6 * k as f64;
     }
     let obs = run(&DetectConfig::default(), 1000, &v);
-    assert!(episodes(&obs[..600], 0).is_empty(), "false alarm before the leak");
+    assert!(
+        episodes(&obs[..600], 0).is_empty(),
+        "false alarm before the leak"
+    );
     let delay = first_flag(&obs, 600).expect("leak not detected");
     assert!(delay <= 30, "delay {delay}");
 }
@@ -149,7 +184,9 @@ fn slow_memory_leak_ramp_is_flagged_within_thirty_samples() {
 #[test]
 fn steady_trend_is_learned_not_flagged() {
     let mut rng = Noise(5);
-    let v: Vec<f64> = (0..5000).map(|i| 10.0 + 0.05 * i as f64 + rng.normal()).collect();
+    let v: Vec<f64> = (0..5000)
+        .map(|i| 10.0 + 0.05 * i as f64 + rng.normal())
+        .collect();
     let obs = run(&DetectConfig::default(), 1000, &v);
     let eps = episodes(&obs, 0);
     assert!(eps.len() <= 1, "episodes at {eps:?}");
@@ -170,12 +207,19 @@ fn spike_is_flagged_at_once_and_recurring_spikes_stop_alerting() {
     for i in (100..v.len()).step_by(40) {
         v[i] += 6.0;
     }
-    let cfg = DetectConfig { max_episodes_per_hour: 1e9, episode_burst: 1e9, ..DetectConfig::default() };
+    let cfg = DetectConfig {
+        max_episodes_per_hour: 1e9,
+        episode_burst: 1e9,
+        ..DetectConfig::default()
+    };
     let obs = run(&cfg, 1000, &v);
     let early = episodes(&obs[..2000], 0).len();
     let late = episodes(&obs[18_000..], 0).len();
     assert!(early >= 5, "the first spikes should alert ({early})");
-    assert!(late <= 3, "habitual spikes still alert: {late} episodes in the last 2,000 samples");
+    assert!(
+        late <= 3,
+        "habitual spikes still alert: {late} episodes in the last 2,000 samples"
+    );
 }
 
 #[test]
@@ -186,12 +230,25 @@ fn flat_and_non_finite_series_score_zero_never_nan() {
     assert!(obs.iter().all(|o| o.expected == 42.0));
 
     let mut det = SeriesDetector::new(&cfg);
-    let weird = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, f64::MAX, -f64::MAX, 1e300, f64::MIN_POSITIVE, 0.0, -0.0];
+    let weird = [
+        f64::NAN,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::MAX,
+        -f64::MAX,
+        1e300,
+        f64::MIN_POSITIVE,
+        0.0,
+        -0.0,
+    ];
     for i in 0..3000i64 {
         let v = weird[(i as usize * 7) % weird.len()];
         let o = det.observe(&cfg, i * 1000, v);
         assert!((0.0..=1.0).contains(&o.score), "score {}", o.score);
-        assert!(!o.expected.is_nan() && !o.lower.is_nan() && !o.upper.is_nan(), "{o:?}");
+        assert!(
+            !o.expected.is_nan() && !o.lower.is_nan() && !o.upper.is_nan(),
+            "{o:?}"
+        );
         if !v.is_finite() {
             assert_eq!(o.score, 0.0);
         }
@@ -238,14 +295,25 @@ fn hysteresis_min_duration_and_rate_limit_bound_the_episodes() {
     }
     let cfg = DetectConfig::default();
     let mut det = SeriesDetector::new(&cfg);
-    let obs: Vec<_> = v.iter().enumerate().map(|(i, &x)| det.observe(&cfg, i as i64 * 1000, x)).collect();
+    let obs: Vec<_> = v
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| det.observe(&cfg, i as i64 * 1000, x))
+        .collect();
     let n_eps = episodes(&obs, 0).len();
     // Burst of 5 and 12 per hour: about 5 + 12 * (20 min / 60 min) = 9.
     assert!((5..=10).contains(&n_eps), "{n_eps} episodes reported");
-    assert!(det.suppressed_episodes() as usize >= 20 - n_eps - 1, "suppressed {}", det.suppressed_episodes());
+    assert!(
+        det.suppressed_episodes() as usize >= 20 - n_eps - 1,
+        "suppressed {}",
+        det.suppressed_episodes()
+    );
 
     // Minimum duration 3: single spikes no longer open episodes, a shift still does.
-    let cfg = DetectConfig { min_duration: 3, ..DetectConfig::default() };
+    let cfg = DetectConfig {
+        min_duration: 3,
+        ..DetectConfig::default()
+    };
     let mut v: Vec<f64> = (0..1000).map(|_| rng.normal()).collect();
     v[300] += 15.0;
     for x in &mut v[600..] {
@@ -268,7 +336,12 @@ fn anomaly_carries_explanation_and_range() {
     assert!(a.upper < 97.3 && a.lower > 5.0, "{a:?}");
     assert!((0.5..=1.0).contains(&a.score));
     assert_eq!(a.value, 97.3);
-    assert!(a.explanation.starts_with("value 97.3 is far above the expected 12"), "{}", a.explanation);
+    assert!(
+        a.explanation
+            .starts_with("value 97.3 is far above the expected 12"),
+        "{}",
+        a.explanation
+    );
 }
 
 #[test]
@@ -289,7 +362,11 @@ fn short_period_is_found_with_index_timestamps() {
     // Hourly data with a daily cycle, timestamped 1, 2, 3, ... (seconds), like Yahoo A1.
     let mut rng = Noise(12);
     let v: Vec<f64> = (0..2000)
-        .map(|i| 500.0 + 200.0 * ((i % 24) as f64 / 24.0 * std::f64::consts::TAU).sin() + 10.0 * rng.normal())
+        .map(|i| {
+            500.0
+                + 200.0 * ((i % 24) as f64 / 24.0 * std::f64::consts::TAU).sin()
+                + 10.0 * rng.normal()
+        })
         .collect();
     let cfg = DetectConfig::default();
     let mut det = SeriesDetector::new(&cfg);
@@ -345,7 +422,16 @@ fn timestamps_parse_in_the_usual_shapes() {
     }
     assert_eq!(parse_timestamp("2024-01-01T00:00:00.25Z"), Some(base + 250));
     assert_eq!(parse_timestamp("12"), Some(12_000));
-    for bad in ["", "yesterday", "2024-13-01", "2024-02-30", "2024-01-01T25:00", "2024-01-01T00:00:00Q", "nan", "1e400"] {
+    for bad in [
+        "",
+        "yesterday",
+        "2024-13-01",
+        "2024-02-30",
+        "2024-01-01T25:00",
+        "2024-01-01T00:00:00Q",
+        "nan",
+        "1e400",
+    ] {
         assert_eq!(parse_timestamp(bad), None, "{bad}");
     }
 }
@@ -363,9 +449,13 @@ fn backtest_echoes_rows_and_names_bad_lines() {
     assert_eq!(lines[2], "2024-01-01 00:01:00,2,0.000000");
     assert_eq!(lines[3], "1704067320,nan,0.000000");
 
-    let err = backtest::parse_csv("timestamp,value\n2024-01-01,1\n2024-01-02,abc\n").expect_err("bad value");
+    let err = backtest::parse_csv("timestamp,value\n2024-01-01,1\n2024-01-02,abc\n")
+        .expect_err("bad value");
     assert_eq!(err.line, 3);
-    assert!(err.to_string().starts_with("line 3: value is not a number"), "{err}");
+    assert!(
+        err.to_string().starts_with("line 3: value is not a number"),
+        "{err}"
+    );
     let err = backtest::parse_csv("1,1\nfoo,2\n").expect_err("bad timestamp");
     assert_eq!(err.line, 2);
     let err = backtest::parse_csv("1,1\n2\n").expect_err("one column");
@@ -375,13 +465,20 @@ fn backtest_echoes_rows_and_names_bad_lines() {
 
 #[test]
 fn config_reads_from_json_and_validates() {
-    let cfg: DetectConfig = serde_json::from_str(r#"{"warmup": 10, "season_len": 1}"#).expect("json");
+    let cfg: DetectConfig =
+        serde_json::from_str(r#"{"warmup": 10, "season_len": 1}"#).expect("json");
     assert_eq!(cfg.warmup, 10);
     assert_eq!(cfg.season_len, 1);
-    assert_eq!(cfg.false_alarm_rate, DetectConfig::default().false_alarm_rate);
+    assert_eq!(
+        cfg.false_alarm_rate,
+        DetectConfig::default().false_alarm_rate
+    );
     assert!(serde_json::from_str::<DetectConfig>(r#"{"warmpu": 10}"#).is_err());
     assert!(cfg.validate().is_ok());
-    let bad = DetectConfig { close_threshold: 0.9, ..DetectConfig::default() };
+    let bad = DetectConfig {
+        close_threshold: 0.9,
+        ..DetectConfig::default()
+    };
     assert_eq!(bad.validate().map_err(|e| e.field), Err("close_threshold"));
 }
 
@@ -391,7 +488,14 @@ fn dump(name: &str, step: i64, v: &[f64], show: impl Fn(usize) -> bool) {
     for (i, &x) in v.iter().enumerate() {
         let o = det.observe(&cfg, T0 + i as i64 * step, x);
         if show(i) || o.anomaly.is_some() {
-            eprintln!("{name} {i} x={x:.4} exp={:.4} score={:.3} open={} {} {}", o.expected, o.score, o.in_anomaly, o.anomaly.as_ref().map(|a| a.detector).unwrap_or(""), det.debug_line());
+            eprintln!(
+                "{name} {i} x={x:.4} exp={:.4} score={:.3} open={} {} {}",
+                o.expected,
+                o.score,
+                o.in_anomaly,
+                o.anomaly.as_ref().map(|a| a.detector).unwrap_or(""),
+                det.debug_line()
+            );
         }
     }
 }
@@ -399,22 +503,31 @@ fn dump(name: &str, step: i64, v: &[f64], show: impl Fn(usize) -> bool) {
 #[test]
 fn zz_debug() {
     for (step, per, days) in [(60_000i64, 1440i64, 5usize), (300_000, 288, 14)] {
-    let v = daily(step, days, 7);
-    let cfg = DetectConfig::default();
-    let mut det = SeriesDetector::new(&cfg);
-    for (i, &x) in v.iter().enumerate() {
-        let o = det.observe(&cfg, T0 + i as i64 * step, x);
-        if o.anomaly.is_some() { eprintln!("anomaly {i} {}", o.anomaly.as_ref().map(|a| a.explanation.clone()).unwrap_or_default()); }
-        if i as i64 % per == per - 1 {
-            let mut line = String::new();
-            for k in (0..per).step_by(per as usize / 24) {
-                let ts = T0 + (i as i64 + 1 + k) * step;
-                let phase = ((i as i64 + 1 + k) % per) as f64 / per as f64 * std::f64::consts::TAU;
-                let truth = 40.0 * phase.sin() + 15.0 * (2.0 * phase).cos();
-                line += &format!(" {:.0}", det.debug_season(ts) - truth);
+        let v = daily(step, days, 7);
+        let cfg = DetectConfig::default();
+        let mut det = SeriesDetector::new(&cfg);
+        for (i, &x) in v.iter().enumerate() {
+            let o = det.observe(&cfg, T0 + i as i64 * step, x);
+            if o.anomaly.is_some() {
+                eprintln!(
+                    "anomaly {i} {}",
+                    o.anomaly
+                        .as_ref()
+                        .map(|a| a.explanation.clone())
+                        .unwrap_or_default()
+                );
             }
-            eprintln!("day {} err:{} | {}", i as i64 / per, line, det.debug_line());
+            if i as i64 % per == per - 1 {
+                let mut line = String::new();
+                for k in (0..per).step_by(per as usize / 24) {
+                    let ts = T0 + (i as i64 + 1 + k) * step;
+                    let phase =
+                        ((i as i64 + 1 + k) % per) as f64 / per as f64 * std::f64::consts::TAU;
+                    let truth = 40.0 * phase.sin() + 15.0 * (2.0 * phase).cos();
+                    line += &format!(" {:.0}", det.debug_season(ts) - truth);
+                }
+                eprintln!("day {} err:{} | {}", i as i64 / per, line, det.debug_line());
+            }
         }
-    }
     }
 }

@@ -193,7 +193,11 @@ impl LogAnalyzer {
             s.push(cut(line, 1024).to_string());
         }
         if res.is_new && self.lines_seen > self.cfg.new_template_grace_lines {
-            let n_new = self.anomalies.iter().filter(|a| a.kind == LogAnomalyKind::NewTemplate).count();
+            let n_new = self
+                .anomalies
+                .iter()
+                .filter(|a| a.kind == LogAnomalyKind::NewTemplate)
+                .count();
             if n_new < self.cfg.max_new_template_anomalies {
                 self.anomalies.push(LogAnomaly {
                     kind: LogAnomalyKind::NewTemplate,
@@ -224,9 +228,17 @@ impl LogAnalyzer {
         let mut counts: Vec<TemplateCount> = self
             .counts
             .drain()
-            .map(|(id, count)| TemplateCount { template_id: id, template: self.miner.template(id).unwrap_or_default(), count })
+            .map(|(id, count)| TemplateCount {
+                template_id: id,
+                template: self.miner.template(id).unwrap_or_default(),
+                count,
+            })
             .collect();
-        counts.sort_unstable_by(|a, b| b.count.cmp(&a.count).then(a.template_id.cmp(&b.template_id)));
+        counts.sort_unstable_by(|a, b| {
+            b.count
+                .cmp(&a.count)
+                .then(a.template_id.cmp(&b.template_id))
+        });
         let new_templates = self
             .new_order
             .drain(..)
@@ -256,15 +268,27 @@ impl LogAnalyzer {
     fn check_burst(&mut self, now_ms: i64) -> Option<LogAnomaly> {
         let c = self.error_lines as f64;
         // Prior: one error line per interval, until a few intervals are known.
-        let base = if self.intervals == 0 { 1.0 } else { self.error_rate.max(0.1) };
-        let surprise = if c > base { c * (c / base).ln() - c + base } else { 0.0 };
+        let base = if self.intervals == 0 {
+            1.0
+        } else {
+            self.error_rate.max(0.1)
+        };
+        let surprise = if c > base {
+            c * (c / base).ln() - c + base
+        } else {
+            0.0
+        };
         let p = (-surprise).exp();
         let burst = self.error_lines >= self.cfg.burst_min_errors
             && c >= self.cfg.burst_factor * base
             && p <= self.cfg.burst_tail_probability;
         // Learn the baseline, but a burst teaches it only a capped amount.
         let learned = c.min(2.0 * base + 1.0);
-        self.error_rate = if self.intervals == 0 { learned } else { self.error_rate + self.cfg.baseline_alpha * (learned - self.error_rate) };
+        self.error_rate = if self.intervals == 0 {
+            learned
+        } else {
+            self.error_rate + self.cfg.baseline_alpha * (learned - self.error_rate)
+        };
         self.intervals += 1;
         let report = burst && !self.in_burst;
         self.in_burst = burst;
@@ -288,12 +312,17 @@ impl LogAnalyzer {
 /// `"level":"error"`, and klog's `E0102 15:04:05` / `F0102` prefixes.
 pub fn is_error_line(line: &str) -> bool {
     let b = line.as_bytes();
-    if b.len() > 6 && matches!(b[0], b'E' | b'F') && b[1..5].iter().all(u8::is_ascii_digit) && b[5] == b' ' {
+    if b.len() > 6
+        && matches!(b[0], b'E' | b'F')
+        && b[1..5].iter().all(u8::is_ascii_digit)
+        && b[5] == b' '
+    {
         return true;
     }
     for word in line.split(|c: char| !c.is_ascii_alphanumeric() && c != ':') {
         match word {
-            "ERROR" | "ERR" | "FATAL" | "CRITICAL" | "CRIT" | "PANIC" | "SEVERE" | "EMERG" | "panic:" | "Traceback" => {
+            "ERROR" | "ERR" | "FATAL" | "CRITICAL" | "CRIT" | "PANIC" | "SEVERE" | "EMERG"
+            | "panic:" | "Traceback" => {
                 return true;
             }
             w if w.ends_with("Exception") || w.ends_with("Exception:") => return true,
@@ -301,10 +330,19 @@ pub fn is_error_line(line: &str) -> bool {
         }
     }
     let lower = line.to_ascii_lowercase();
-    ["level=error", "level=fatal", "level=panic", "level=critical", "\"level\":\"error\"", "\"level\":\"fatal\""]
-        .iter()
-        .any(|p| lower.contains(p))
-        || ["[error]", "[crit]", "[alert]", "[emerg]", "[fatal]"].iter().any(|p| lower.contains(p))
+    [
+        "level=error",
+        "level=fatal",
+        "level=panic",
+        "level=critical",
+        "\"level\":\"error\"",
+        "\"level\":\"fatal\"",
+    ]
+    .iter()
+    .any(|p| lower.contains(p))
+        || ["[error]", "[crit]", "[alert]", "[emerg]", "[fatal]"]
+            .iter()
+            .any(|p| lower.contains(p))
 }
 
 fn cut(s: &str, max: usize) -> &str {

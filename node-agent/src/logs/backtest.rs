@@ -15,7 +15,11 @@ use super::miner::{MinerConfig, TemplateMiner};
 
 /// Mines `text` line by line; returns `(line_number, template_id)` for every line, in
 /// order, and the miner (for the templates' final texts).
-pub fn mine_text(text: &str, format: LogFormat, cfg: &MinerConfig) -> (Vec<(usize, u64)>, TemplateMiner) {
+pub fn mine_text(
+    text: &str,
+    format: LogFormat,
+    cfg: &MinerConfig,
+) -> (Vec<(usize, u64)>, TemplateMiner) {
     let mut miner = TemplateMiner::new(cfg.clone());
     let mut assembler = Assembler::new(format, cfg.max_line_len);
     let mut ids: Vec<u64> = Vec::new();
@@ -37,12 +41,21 @@ pub fn mine_text(text: &str, format: LogFormat, cfg: &MinerConfig) -> (Vec<(usiz
         let res = miner.add(&msg.text);
         assign(&mut ids, &msg.parts, res.template_id);
     }
-    (ids.into_iter().enumerate().map(|(i, id)| (i + 1, id)).collect(), miner)
+    (
+        ids.into_iter()
+            .enumerate()
+            .map(|(i, id)| (i + 1, id))
+            .collect(),
+        miner,
+    )
 }
 
 /// Resolves every row to `(line_number, template_id, template)` with final texts, and one
 /// id per distinct final text (the smallest).
-pub fn resolve(rows: &[(usize, u64)], miner: &TemplateMiner) -> Vec<(usize, u64, std::rc::Rc<str>)> {
+pub fn resolve(
+    rows: &[(usize, u64)],
+    miner: &TemplateMiner,
+) -> Vec<(usize, u64, std::rc::Rc<str>)> {
     let mut canonical: HashMap<String, u64> = HashMap::new();
     let mut text_of: HashMap<u64, (u64, std::rc::Rc<str>)> = HashMap::new();
     for (id, text, _) in miner.templates() {
@@ -59,7 +72,11 @@ pub fn resolve(rows: &[(usize, u64)], miner: &TemplateMiner) -> Vec<(usize, u64,
 }
 
 /// Writes the CSV (header `line_number,template_id,template`).
-pub fn write_csv(rows: &[(usize, u64)], miner: &TemplateMiner, out: &mut impl Write) -> io::Result<()> {
+pub fn write_csv(
+    rows: &[(usize, u64)],
+    miner: &TemplateMiner,
+    out: &mut impl Write,
+) -> io::Result<()> {
     writeln!(out, "line_number,template_id,template")?;
     for (line, id, text) in resolve(rows, miner) {
         writeln!(out, "{line},{id},{}", csv_field(&text))?;
@@ -68,7 +85,12 @@ pub fn write_csv(rows: &[(usize, u64)], miner: &TemplateMiner, out: &mut impl Wr
 }
 
 /// Mines and writes; returns the number of lines.
-pub fn run(text: &str, format: LogFormat, cfg: &MinerConfig, out: &mut impl Write) -> io::Result<usize> {
+pub fn run(
+    text: &str,
+    format: LogFormat,
+    cfg: &MinerConfig,
+    out: &mut impl Write,
+) -> io::Result<usize> {
     let (rows, miner) = mine_text(text, format, cfg);
     write_csv(&rows, &miner, out)?;
     Ok(rows.len())

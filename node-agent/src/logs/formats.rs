@@ -33,7 +33,9 @@ impl std::str::FromStr for LogFormat {
             "plain" => Ok(LogFormat::Plain),
             "cri" => Ok(LogFormat::Cri),
             "docker" => Ok(LogFormat::Docker),
-            other => Err(format!("unknown log format {other:?} (auto, plain, cri, docker)")),
+            other => Err(format!(
+                "unknown log format {other:?} (auto, plain, cri, docker)"
+            )),
         }
     }
 }
@@ -80,7 +82,12 @@ pub fn parse_cri(line: &str) -> Option<CriLine<'_>> {
         _ => return None,
     };
     let message = parts.next().unwrap_or("");
-    Some(CriLine { time, stream, partial, message })
+    Some(CriLine {
+        time,
+        stream,
+        partial,
+        message,
+    })
 }
 
 /// One parsed Docker `json-file` line.
@@ -114,12 +121,29 @@ pub fn parse_docker(line: &str) -> Option<DockerLine> {
     let partial = !raw.log.ends_with('\n');
     let message = raw.log.strip_suffix('\n').unwrap_or(&raw.log);
     let message = message.strip_suffix('\r').unwrap_or(message).to_string();
-    let stream = if raw.stream == "stderr" { Stream::Stderr } else { Stream::Stdout };
-    Some(DockerLine { time: raw.time, stream, partial, message })
+    let stream = if raw.stream == "stderr" {
+        Stream::Stderr
+    } else {
+        Stream::Stdout
+    };
+    Some(DockerLine {
+        time: raw.time,
+        stream,
+        partial,
+        message,
+    })
 }
 
 const MESSAGE_KEYS: [&str; 6] = ["msg", "message", "MESSAGE", "Message", "log", "text"];
-const TIME_KEYS: [&str; 7] = ["time", "ts", "timestamp", "@timestamp", "t", "date", "datetime"];
+const TIME_KEYS: [&str; 7] = [
+    "time",
+    "ts",
+    "timestamp",
+    "@timestamp",
+    "t",
+    "date",
+    "datetime",
+];
 
 /// Flattens an application JSON object to `message key=value ...`, or `None` when the
 /// line is not a JSON object.
@@ -128,11 +152,14 @@ pub fn flatten_json(line: &str) -> Option<String> {
     if !trimmed.starts_with('{') {
         return None;
     }
-    let serde_json::Value::Object(map) = serde_json::from_str::<serde_json::Value>(trimmed).ok()? else {
+    let serde_json::Value::Object(map) = serde_json::from_str::<serde_json::Value>(trimmed).ok()?
+    else {
         return None;
     };
     let mut out = String::new();
-    let msg_key = MESSAGE_KEYS.iter().find(|k| map.get(**k).is_some_and(|v| v.is_string()));
+    let msg_key = MESSAGE_KEYS
+        .iter()
+        .find(|k| map.get(**k).is_some_and(|v| v.is_string()));
     if let Some(key) = msg_key
         && let Some(serde_json::Value::String(msg)) = map.get(*key)
     {
@@ -193,30 +220,50 @@ pub struct Assembler {
 impl Assembler {
     /// A joiner for `format`.
     pub fn new(format: LogFormat, max_len: usize) -> Self {
-        Assembler { format, max_len: max_len.max(1), max_parts: 4096, pending: Default::default() }
+        Assembler {
+            format,
+            max_len: max_len.max(1),
+            max_parts: 4096,
+            pending: Default::default(),
+        }
     }
 
     /// Takes one physical line (without its newline) tagged `tag`; returns a message when
     /// one is complete.
     pub fn push(&mut self, tag: u64, line: &str) -> Option<Message> {
         let line = line.strip_suffix('\r').unwrap_or(line);
-        let (stream, partial, text): (Option<Stream>, bool, std::borrow::Cow<'_, str>) = match self.format {
-            LogFormat::Plain => (None, false, line.into()),
-            LogFormat::Auto | LogFormat::Cri | LogFormat::Docker => {
-                let docker = (self.format != LogFormat::Cri).then(|| parse_docker(line)).flatten();
-                let cri = (docker.is_none() && self.format != LogFormat::Docker).then(|| parse_cri(line)).flatten();
-                match (docker, cri) {
-                    (Some(d), _) => (Some(d.stream), d.partial, d.message.into()),
-                    (None, Some(c)) => (Some(c.stream), c.partial, c.message.into()),
-                    (None, None) => (None, false, line.into()),
+        let (stream, partial, text): (Option<Stream>, bool, std::borrow::Cow<'_, str>) =
+            match self.format {
+                LogFormat::Plain => (None, false, line.into()),
+                LogFormat::Auto | LogFormat::Cri | LogFormat::Docker => {
+                    let docker = (self.format != LogFormat::Cri)
+                        .then(|| parse_docker(line))
+                        .flatten();
+                    let cri = (docker.is_none() && self.format != LogFormat::Docker)
+                        .then(|| parse_cri(line))
+                        .flatten();
+                    match (docker, cri) {
+                        (Some(d), _) => (Some(d.stream), d.partial, d.message.into()),
+                        (None, Some(c)) => (Some(c.stream), c.partial, c.message.into()),
+                        (None, None) => (None, false, line.into()),
+                    }
                 }
-            }
-        };
+            };
         let Some(stream_kind) = stream else {
             // A plain line is a message of its own; it does not touch pending partials.
-            let (text, truncated) =
-                if text.len() > self.max_len { (cut(&text, self.max_len).to_string(), true) } else { (text.into_owned(), false) };
-            return Some(self.finish(Pending { text, parts: vec![tag], truncated }, None));
+            let (text, truncated) = if text.len() > self.max_len {
+                (cut(&text, self.max_len).to_string(), true)
+            } else {
+                (text.into_owned(), false)
+            };
+            return Some(self.finish(
+                Pending {
+                    text,
+                    parts: vec![tag],
+                    truncated,
+                },
+                None,
+            ));
         };
         let slot = match stream_kind {
             Stream::Stderr => 1,
@@ -252,8 +299,17 @@ impl Assembler {
     }
 
     fn finish(&self, p: Pending, stream: Option<Stream>) -> Message {
-        let text = if self.format == LogFormat::Plain { None } else { flatten_json(&p.text) };
-        Message { text: text.unwrap_or(p.text), stream, parts: p.parts, truncated: p.truncated }
+        let text = if self.format == LogFormat::Plain {
+            None
+        } else {
+            flatten_json(&p.text)
+        };
+        Message {
+            text: text.unwrap_or(p.text),
+            stream,
+            parts: p.parts,
+            truncated: p.truncated,
+        }
     }
 }
 

@@ -63,8 +63,8 @@ pub fn is_variable(token: &str) -> bool {
 }
 
 const MONTHS_DAYS: [&str; 19] = [
-    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Sept", "Oct", "Nov", "Dec", "Mon", "Tue", "Wed",
-    "Thu", "Fri", "Sat",
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Sept", "Oct", "Nov", "Dec",
+    "Mon", "Tue", "Wed", "Thu", "Fri", "Sat",
 ];
 
 /// Masks one token.
@@ -82,7 +82,9 @@ pub fn mask_token(token: &str) -> Cow<'_, str> {
     // key=value: keep the key, mask the value.
     if let Some(eq) = token.find('=')
         && eq > 0
-        && token[..eq].bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && token[..eq]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
     {
         let value = &token[eq + 1..];
         let masked = mask_token(value);
@@ -91,9 +93,13 @@ pub fn mask_token(token: &str) -> Cow<'_, str> {
             Cow::Owned(v) => Cow::Owned(format!("{}{}", &token[..=eq], v)),
         };
     }
-    let lead = token.len() - token.trim_start_matches(['(', '[', '{', '<', '"', '\'']).len();
+    let lead = token.len()
+        - token
+            .trim_start_matches(['(', '[', '{', '<', '"', '\''])
+            .len();
     let core_and_tail = &token[lead..];
-    let core = core_and_tail.trim_end_matches([')', ']', '}', '>', '"', '\'', ',', ';', ':', '.', '!', '?']);
+    let core = core_and_tail
+        .trim_end_matches([')', ']', '}', '>', '"', '\'', ',', ';', ':', '.', '!', '?']);
     if core.is_empty() {
         return Cow::Borrowed(token);
     }
@@ -106,7 +112,10 @@ pub fn mask_token(token: &str) -> Cow<'_, str> {
 
 /// Masks every whitespace-separated word of a phrase (inside quotes).
 fn mask_phrase(s: &str) -> String {
-    s.split_whitespace().map(mask_token).collect::<Vec<_>>().join(" ")
+    s.split_whitespace()
+        .map(mask_token)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn mask_core(core: &str) -> Cow<'_, str> {
@@ -121,15 +130,23 @@ fn mask_core(core: &str) -> Cow<'_, str> {
     }
     // Every alphanumeric run holds a digit (numbers, IPs, times, hex ids, 12ms, v1.2.3): all
     // of it is the value.
-    let runs = || core.split(|c: char| !c.is_ascii_alphanumeric()).filter(|r| !r.is_empty());
-    if runs().all(|r| r.bytes().any(|b| b.is_ascii_digit()) || is_unit(r) || MONTHS_DAYS.contains(&r)) {
+    let runs = || {
+        core.split(|c: char| !c.is_ascii_alphanumeric())
+            .filter(|r| !r.is_empty())
+    };
+    if runs()
+        .all(|r| r.bytes().any(|b| b.is_ascii_digit()) || is_unit(r) || MONTHS_DAYS.contains(&r))
+    {
         return Cow::Owned(WILDCARD.to_string());
     }
     // Mixed: mask the runs with digits (and month names), keep letter-only runs, then fold
     // neighbouring wildcards joined by separators.
     let mut out = String::with_capacity(core.len());
     let mut run_start = None;
-    for (i, c) in core.char_indices().chain(std::iter::once((core.len(), ' '))) {
+    for (i, c) in core
+        .char_indices()
+        .chain(std::iter::once((core.len(), ' ')))
+    {
         if c.is_ascii_alphanumeric() && i < core.len() {
             run_start.get_or_insert(i);
             continue;
@@ -155,7 +172,9 @@ fn drop_signs(s: &str) -> String {
     let mut prev: Option<char> = None;
     let mut chars = s.char_indices().peekable();
     while let Some((i, c)) = chars.next() {
-        let sign = c == '-' && s[i + 1..].starts_with(WILDCARD) && !prev.is_some_and(|p| p.is_ascii_alphanumeric());
+        let sign = c == '-'
+            && s[i + 1..].starts_with(WILDCARD)
+            && !prev.is_some_and(|p| p.is_ascii_alphanumeric());
         if !sign {
             out.push(c);
         }
@@ -173,7 +192,10 @@ fn fold_wildcards(s: &str) -> String {
         out.push_str(WILDCARD);
         rest = &rest[pos + WILDCARD.len()..];
         loop {
-            let sep_len = rest.len() - rest.trim_start_matches(['.', ':', '-', '_', '/', ',', '+']).len();
+            let sep_len = rest.len()
+                - rest
+                    .trim_start_matches(['.', ':', '-', '_', '/', ',', '+'])
+                    .len();
             if sep_len > 0 && rest[sep_len..].starts_with(WILDCARD) {
                 rest = &rest[sep_len + WILDCARD.len()..];
             } else {
@@ -188,13 +210,30 @@ fn fold_wildcards(s: &str) -> String {
 fn is_unit(run: &str) -> bool {
     matches!(
         run,
-        "ms" | "us" | "ns" | "s" | "m" | "h" | "d" | "B" | "KB" | "MB" | "GB" | "TB" | "KiB" | "MiB" | "GiB" | "k" | "K"
+        "ms" | "us"
+            | "ns"
+            | "s"
+            | "m"
+            | "h"
+            | "d"
+            | "B"
+            | "KB"
+            | "MB"
+            | "GB"
+            | "TB"
+            | "KiB"
+            | "MiB"
+            | "GiB"
+            | "k"
+            | "K"
     )
 }
 
 fn is_path(core: &str) -> bool {
     let b = core.as_bytes();
-    (b.len() >= 2 && b[0] == b'/' && (b[1].is_ascii_alphanumeric() || matches!(b[1], b'_' | b'.' | b'-')))
+    (b.len() >= 2
+        && b[0] == b'/'
+        && (b[1].is_ascii_alphanumeric() || matches!(b[1], b'_' | b'.' | b'-')))
         || core.starts_with("./")
         || core.starts_with("../")
         || core.starts_with("~/")
@@ -204,7 +243,10 @@ fn is_path(core: &str) -> bool {
 fn is_uuid(core: &str) -> bool {
     let parts: Vec<&str> = core.split('-').collect();
     parts.len() == 5
-        && parts.iter().zip([8, 4, 4, 4, 12]).all(|(p, n)| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit()))
+        && parts
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(p, n)| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 #[cfg(test)]
@@ -212,32 +254,62 @@ mod tests {
     use super::*;
 
     fn check(line: &str, want: &str) {
-        let got: Vec<String> = tokenize(line, 256).into_iter().map(|t| mask_token(t).into_owned()).collect();
+        let got: Vec<String> = tokenize(line, 256)
+            .into_iter()
+            .map(|t| mask_token(t).into_owned())
+            .collect();
         assert_eq!(got.join(" "), want, "masking {line:?}");
     }
 
     #[test]
     fn masks_the_usual_variables() {
-        check("Connected to 10.0.0.1 port 443", "Connected to <*> port <*>");
-        check("peer [fe80::1ff:fe23:4567:890a]:8080 closed", "peer [<*> closed");
-        check("took 12.5ms, size=4KB, rate=1.5e3/s", "took <*>, size=<*>, rate=<*>");
+        check(
+            "Connected to 10.0.0.1 port 443",
+            "Connected to <*> port <*>",
+        );
+        check(
+            "peer [fe80::1ff:fe23:4567:890a]:8080 closed",
+            "peer [<*> closed",
+        );
+        check(
+            "took 12.5ms, size=4KB, rate=1.5e3/s",
+            "took <*>, size=<*>, rate=<*>",
+        );
         check("req 550e8400-e29b-41d4-a716-446655440000 ok", "req <*> ok");
         check("req deadbeef-dead-beef-dead-beefdeadbeef ok", "req <*> ok");
         check("open /var/log/app.log failed", "open <*> failed");
         check("GET http://example.com/a?b=1 200", "GET <*> <*>");
-        check("Receiving block blk_-1608999687919862906 src: /10.250.19.102:54106", "Receiving block blk_<*> src: <*>");
-        check("Jun 14 15:16:01 combo sshd(pam_unix)[19939]: check pass;", "<*> <*> <*> combo sshd(pam_unix)[<*>]: check pass;");
-        check("2024-01-01T00:00:00.123Z level=info user=alice", "<*> level=info user=alice");
+        check(
+            "Receiving block blk_-1608999687919862906 src: /10.250.19.102:54106",
+            "Receiving block blk_<*> src: <*>",
+        );
+        check(
+            "Jun 14 15:16:01 combo sshd(pam_unix)[19939]: check pass;",
+            "<*> <*> <*> combo sshd(pam_unix)[<*>]: check pass;",
+        );
+        check(
+            "2024-01-01T00:00:00.123Z level=info user=alice",
+            "<*> level=info user=alice",
+        );
         check("pid 0x7fff5fbff8a8 at dn228/dn228", "pid <*> at <*>");
-        check(r#"msg="connection reset by peer 10.1.1.1" code=104"#, r#"msg="connection reset by peer <*>" code=<*>"#);
-        check(r#"1.2.3.4 - - "GET /index.html HTTP/1.1" 200"#, r#"<*> - - "GET <*> HTTP/<*>" <*>"#);
+        check(
+            r#"msg="connection reset by peer 10.1.1.1" code=104"#,
+            r#"msg="connection reset by peer <*>" code=<*>"#,
+        );
+        check(
+            r#"1.2.3.4 - - "GET /index.html HTTP/1.1" 200"#,
+            r#"<*> - - "GET <*> HTTP/<*>" <*>"#,
+        );
     }
 
     #[test]
     fn tokenizer_keeps_quotes_and_bounds_tokens() {
         assert_eq!(tokenize(r#"a "b c" d"#, 10), vec!["a", r#""b c""#, "d"]);
         assert_eq!(tokenize(r#"k="x y", z"#, 10), vec![r#"k="x y","#, "z"]);
-        assert_eq!(tokenize(r#"unclosed "quote here"#, 10), vec!["unclosed", "\"quote", "here"]);
+        assert_eq!(
+            tokenize(r#"unclosed "quote here"#, 10),
+            vec!["unclosed", "\"quote", "here"]
+        );
         assert_eq!(tokenize("a b c d e", 3), vec!["a", "b", "c d e"]);
         assert!(tokenize("   ", 3).is_empty());
         assert_eq!(tokenize("ünï cödé ✓", 10), vec!["ünï", "cödé", "✓"]);

@@ -110,11 +110,15 @@ impl TemplateMiner {
         } else {
             line
         };
-        let tokens: Vec<String> =
-            mask::tokenize(line, self.cfg.max_tokens).into_iter().map(|t| mask::mask_token(t).into_owned()).collect();
+        let tokens: Vec<String> = mask::tokenize(line, self.cfg.max_tokens)
+            .into_iter()
+            .map(|t| mask::mask_token(t).into_owned())
+            .collect();
         self.tick += 1;
         let path = self.route(&tokens);
-        let best = self.leaf(&path).and_then(|leaf| self.best_match(leaf, &tokens));
+        let best = self
+            .leaf(&path)
+            .and_then(|leaf| self.best_match(leaf, &tokens));
         if let Some(id) = best {
             let tick = self.tick;
             let Some(cluster) = self.clusters.get_mut(&id) else {
@@ -129,7 +133,11 @@ impl TemplateMiner {
             self.lru.remove(&cluster.last_used);
             cluster.last_used = tick;
             self.lru.insert(tick, id);
-            return MatchResult { template_id: id, template: cluster.tokens.join(" "), is_new: false };
+            return MatchResult {
+                template_id: id,
+                template: cluster.tokens.join(" "),
+                is_new: false,
+            };
         }
         self.create(tokens, path)
     }
@@ -166,7 +174,11 @@ impl TemplateMiner {
 
     /// `(id, template, count)` of every kept template, by id.
     pub fn templates(&self) -> Vec<(u64, String, u64)> {
-        let mut out: Vec<_> = self.clusters.iter().map(|(&id, c)| (id, c.tokens.join(" "), c.count)).collect();
+        let mut out: Vec<_> = self
+            .clusters
+            .iter()
+            .map(|(&id, c)| (id, c.tokens.join(" "), c.count))
+            .collect();
         out.sort_unstable_by_key(|t| t.0);
         out
     }
@@ -179,7 +191,9 @@ impl TemplateMiner {
         let max_children = self.cfg.max_children.max(1);
         let mut node = self.root.entry(tokens.len()).or_default();
         for token in tokens.iter().filter(|t| !mask::is_variable(t)).take(levels) {
-            let key = if node.children.contains_key(token.as_str()) || node.children.len() + 1 < max_children {
+            let key = if node.children.contains_key(token.as_str())
+                || node.children.len() + 1 < max_children
+            {
                 token.clone()
             } else {
                 WILDCARD.to_string()
@@ -202,13 +216,19 @@ impl TemplateMiner {
     fn best_match(&self, leaf: &Node, tokens: &[String]) -> Option<u64> {
         let mut best: Option<(f64, usize, u64)> = None;
         for &id in &leaf.clusters {
-            let Some(c) = self.clusters.get(&id) else { continue };
+            let Some(c) = self.clusters.get(&id) else {
+                continue;
+            };
             if c.tokens.len() != tokens.len() {
                 continue;
             }
             let equal = c.tokens.iter().zip(tokens).filter(|(t, l)| t == l).count();
             let wild = c.tokens.iter().filter(|t| t.as_str() == WILDCARD).count();
-            let sim = if tokens.is_empty() { 1.0 } else { equal as f64 / tokens.len() as f64 };
+            let sim = if tokens.is_empty() {
+                1.0
+            } else {
+                equal as f64 / tokens.len() as f64
+            };
             let better = match best {
                 None => true,
                 Some((s, w, _)) => sim > s || (sim == s && wild > w),
@@ -217,7 +237,8 @@ impl TemplateMiner {
                 best = Some((sim, wild, id));
             }
         }
-        best.filter(|(sim, _, _)| *sim >= self.cfg.similarity).map(|(_, _, id)| id)
+        best.filter(|(sim, _, _)| *sim >= self.cfg.similarity)
+            .map(|(_, _, id)| id)
     }
 
     fn create(&mut self, tokens: Vec<String>, path: Vec<String>) -> MatchResult {
@@ -227,13 +248,27 @@ impl TemplateMiner {
         if let Some(leaf) = self.leaf_mut(&path) {
             leaf.clusters.push(id);
         }
-        self.clusters.insert(id, Cluster { tokens, path, count: 1, last_used: self.tick });
+        self.clusters.insert(
+            id,
+            Cluster {
+                tokens,
+                path,
+                count: 1,
+                last_used: self.tick,
+            },
+        );
         self.lru.insert(self.tick, id);
         while self.clusters.len() > self.cfg.max_templates.max(1) {
-            let Some((_, victim)) = self.lru.pop_first() else { break };
+            let Some((_, victim)) = self.lru.pop_first() else {
+                break;
+            };
             self.evict(victim);
         }
-        MatchResult { template_id: id, template, is_new: true }
+        MatchResult {
+            template_id: id,
+            template,
+            is_new: true,
+        }
     }
 
     fn leaf_mut(&mut self, path: &[String]) -> Option<&mut Node> {
@@ -246,9 +281,13 @@ impl TemplateMiner {
     }
 
     fn evict(&mut self, id: u64) {
-        let Some(cluster) = self.clusters.remove(&id) else { return };
+        let Some(cluster) = self.clusters.remove(&id) else {
+            return;
+        };
         self.evictions += 1;
-        let Some(len) = cluster.path.first().and_then(|l| l.parse::<usize>().ok()) else { return };
+        let Some(len) = cluster.path.first().and_then(|l| l.parse::<usize>().ok()) else {
+            return;
+        };
         if let Some(top) = self.root.get_mut(&len) {
             prune(top, &cluster.path[1..], id);
             if top.children.is_empty() && top.clusters.is_empty() {

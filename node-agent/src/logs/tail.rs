@@ -34,7 +34,11 @@ pub struct TailConfig {
 
 impl Default for TailConfig {
     fn default() -> Self {
-        TailConfig { max_bytes_per_poll: 1 << 20, max_line_len: 16 * 1024, from_start: false }
+        TailConfig {
+            max_bytes_per_poll: 1 << 20,
+            max_line_len: 16 * 1024,
+            from_start: false,
+        }
     }
 }
 
@@ -110,7 +114,9 @@ impl FileTailer {
         let mut budget = self.cfg.max_bytes_per_poll.max(1);
         // A path rotated faster than we poll is followed at most a few hops per poll.
         for _ in 0..4 {
-            let Some(file) = self.file.as_mut() else { break };
+            let Some(file) = self.file.as_mut() else {
+                break;
+            };
             if file.metadata()?.len() < self.offset {
                 file.seek(SeekFrom::Start(0))?;
                 self.offset = 0;
@@ -161,7 +167,9 @@ impl FileTailer {
     fn read_available(&mut self, budget: &mut usize, out: &mut Vec<String>) -> io::Result<()> {
         let mut buf = vec![0u8; (*budget).min(64 * 1024)];
         while *budget > 0 {
-            let Some(file) = self.file.as_mut() else { return Ok(()) };
+            let Some(file) = self.file.as_mut() else {
+                return Ok(());
+            };
             let want = (*budget).min(buf.len());
             let n = match file.read(&mut buf[..want]) {
                 Ok(0) => return Ok(()),
@@ -197,7 +205,8 @@ impl FileTailer {
                 None => {
                     if !self.discarding {
                         let room = max.saturating_sub(self.partial.len());
-                        self.partial.extend_from_slice(&data[..data.len().min(room)]);
+                        self.partial
+                            .extend_from_slice(&data[..data.len().min(room)]);
                         if data.len() > room {
                             // Over-long line: keep its head, skip to its end.
                             self.stats.truncated_lines += 1;
@@ -244,7 +253,12 @@ pub struct TailSet {
 impl TailSet {
     /// An empty set following at most `max_files` paths.
     pub fn new(cfg: TailConfig, max_files: usize) -> Self {
-        TailSet { cfg, max_files, tailers: Vec::new(), rejected: 0 }
+        TailSet {
+            cfg,
+            max_files,
+            tailers: Vec::new(),
+            rejected: 0,
+        }
     }
 
     /// Starts following `path` (no-op if followed already).
@@ -255,7 +269,9 @@ impl TailSet {
         }
         if self.tailers.len() >= self.max_files {
             self.rejected += 1;
-            return Err(TooManyFiles { max: self.max_files });
+            return Err(TooManyFiles {
+                max: self.max_files,
+            });
         }
         self.tailers.push(FileTailer::new(path, self.cfg.clone()));
         Ok(())

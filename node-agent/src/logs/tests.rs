@@ -35,10 +35,16 @@ fn generalises_words_and_keeps_ids_stable() {
         "session opened for user alice by (uid=1000)",
     ]);
     assert_eq!(r[0].template_id, r[2].template_id);
-    assert_eq!(r[2].template, "Accepted password for <*> from <*> port <*> <*>");
+    assert_eq!(
+        r[2].template,
+        "Accepted password for <*> from <*> port <*> <*>"
+    );
     assert_eq!(r[3].template_id, r[4].template_id);
     assert_eq!(r[4].template, "session opened for user <*> by (uid=<*>)");
-    assert_eq!(m.template(r[0].template_id).as_deref(), Some("Accepted password for <*> from <*> port <*> <*>"));
+    assert_eq!(
+        m.template(r[0].template_id).as_deref(),
+        Some("Accepted password for <*> from <*> port <*> <*>")
+    );
 }
 
 #[test]
@@ -54,14 +60,22 @@ fn separates_different_events_of_the_same_shape() {
     assert_eq!(r[3].template_id, r[4].template_id);
     assert_ne!(r[0].template_id, r[2].template_id);
     assert_ne!(r[0].template_id, r[3].template_id);
-    assert_eq!(r[4].template, "<*> <*> <*> INFO dfs.DataNode$PacketResponder: Received block blk_<*> of size <*> from <*>");
+    assert_eq!(
+        r[4].template,
+        "<*> <*> <*> INFO dfs.DataNode$PacketResponder: Received block blk_<*> of size <*> from <*>"
+    );
 }
 
 #[test]
 fn miner_is_bounded_and_counts_evictions() {
-    let cfg = MinerConfig { max_templates: 5, ..MinerConfig::default() };
+    let cfg = MinerConfig {
+        max_templates: 5,
+        ..MinerConfig::default()
+    };
     let mut m = TemplateMiner::new(cfg);
-    let words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"];
+    let words = [
+        "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta",
+    ];
     let mut ids = Vec::new();
     for w in words {
         ids.push(m.add(&format!("{w} {w} {w} happened")).template_id);
@@ -72,7 +86,10 @@ fn miner_is_bounded_and_counts_evictions() {
     let again = m.add("alpha alpha alpha happened");
     assert!(again.is_new && again.template_id > *ids.last().unwrap_or(&0));
     // Over-long lines are cut.
-    let mut m = TemplateMiner::new(MinerConfig { max_line_len: 10, ..MinerConfig::default() });
+    let mut m = TemplateMiner::new(MinerConfig {
+        max_line_len: 10,
+        ..MinerConfig::default()
+    });
     let r = m.add(&"x".repeat(1000));
     assert_eq!(r.template.len(), 10);
     assert_eq!(m.truncated_lines(), 1);
@@ -82,44 +99,91 @@ fn miner_is_bounded_and_counts_evictions() {
 #[test]
 fn cri_lines_parse_and_partials_join() {
     let l = parse_cri("2024-01-01T00:00:00.000000000Z stdout F hello world").expect("cri");
-    assert_eq!((l.stream, l.partial, l.message), (Stream::Stdout, false, "hello world"));
-    assert!(parse_cri("2024-01-01T00:00:00Z stderr P ").is_some_and(|l| l.partial && l.message.is_empty()));
+    assert_eq!(
+        (l.stream, l.partial, l.message),
+        (Stream::Stdout, false, "hello world")
+    );
+    assert!(
+        parse_cri("2024-01-01T00:00:00Z stderr P ")
+            .is_some_and(|l| l.partial && l.message.is_empty())
+    );
     assert!(parse_cri("hello world").is_none());
     assert!(parse_cri("2024-01-01T00:00:00Z stdin F x").is_none());
 
     let mut a = Assembler::new(LogFormat::Auto, 1024);
-    assert_eq!(a.push(1, "2024-01-01T00:00:00.1Z stdout P part one, "), None);
-    let err = a.push(2, "2024-01-01T00:00:00.2Z stderr F an error").expect("stderr is separate");
-    assert_eq!((err.text.as_str(), err.parts.as_slice()), ("an error", &[2][..]));
-    assert_eq!(a.push(3, "2024-01-01T00:00:00.3Z stdout P part two, "), None);
-    let joined = a.push(4, "2024-01-01T00:00:00.4Z stdout F end").expect("joined");
+    assert_eq!(
+        a.push(1, "2024-01-01T00:00:00.1Z stdout P part one, "),
+        None
+    );
+    let err = a
+        .push(2, "2024-01-01T00:00:00.2Z stderr F an error")
+        .expect("stderr is separate");
+    assert_eq!(
+        (err.text.as_str(), err.parts.as_slice()),
+        ("an error", &[2][..])
+    );
+    assert_eq!(
+        a.push(3, "2024-01-01T00:00:00.3Z stdout P part two, "),
+        None
+    );
+    let joined = a
+        .push(4, "2024-01-01T00:00:00.4Z stdout F end")
+        .expect("joined");
     assert_eq!(joined.text, "part one, part two, end");
     assert_eq!(joined.parts, vec![1, 3, 4]);
     assert_eq!(joined.stream, Some(Stream::Stdout));
     // Bounded: an endless partial message is cut and flagged.
     let mut a = Assembler::new(LogFormat::Cri, 8);
     assert_eq!(a.push(1, "2024-01-01T00:00:00Z stdout P 0123456789"), None);
-    let m = a.push(2, "2024-01-01T00:00:00Z stdout F abc").expect("message");
+    let m = a
+        .push(2, "2024-01-01T00:00:00Z stdout F abc")
+        .expect("message");
     assert_eq!((m.text.as_str(), m.truncated), ("01234567", true));
     // Unfinished partials come out at the end.
     let mut a = Assembler::new(LogFormat::Cri, 100);
     assert_eq!(a.push(7, "2024-01-01T00:00:00Z stdout P dangling"), None);
-    assert_eq!(a.flush().first().map(|m| m.text.clone()), Some("dangling".to_string()));
+    assert_eq!(
+        a.flush().first().map(|m| m.text.clone()),
+        Some("dangling".to_string())
+    );
 }
 
 #[test]
 fn docker_json_and_app_json_lines() {
-    let d = parse_docker(r#"{"log":"GET /healthz 200\n","stream":"stdout","time":"2024-01-01T00:00:00Z"}"#).expect("docker");
-    assert_eq!((d.message.as_str(), d.partial, d.stream), ("GET /healthz 200", false, Stream::Stdout));
+    let d = parse_docker(
+        r#"{"log":"GET /healthz 200\n","stream":"stdout","time":"2024-01-01T00:00:00Z"}"#,
+    )
+    .expect("docker");
+    assert_eq!(
+        (d.message.as_str(), d.partial, d.stream),
+        ("GET /healthz 200", false, Stream::Stdout)
+    );
     let mut a = Assembler::new(LogFormat::Auto, 1024);
-    assert_eq!(a.push(1, r#"{"log":"long li","stream":"stderr","time":"t"}"#), None);
-    let m = a.push(2, r#"{"log":"ne done\n","stream":"stderr","time":"t"}"#).expect("joined");
-    assert_eq!((m.text.as_str(), m.stream), ("long line done", Some(Stream::Stderr)));
+    assert_eq!(
+        a.push(1, r#"{"log":"long li","stream":"stderr","time":"t"}"#),
+        None
+    );
+    let m = a
+        .push(2, r#"{"log":"ne done\n","stream":"stderr","time":"t"}"#)
+        .expect("joined");
+    assert_eq!(
+        (m.text.as_str(), m.stream),
+        ("long line done", Some(Stream::Stderr))
+    );
     // App JSON inside Docker JSON is flattened, time keys dropped, keys sorted.
-    let inner = r#"{\"level\":\"info\",\"msg\":\"user logged in\",\"user\":\"alice\",\"ts\":1700000000}"#;
-    let m = a.push(3, &format!(r#"{{"log":"{inner}\n","stream":"stdout","time":"t"}}"#)).expect("message");
+    let inner =
+        r#"{\"level\":\"info\",\"msg\":\"user logged in\",\"user\":\"alice\",\"ts\":1700000000}"#;
+    let m = a
+        .push(
+            3,
+            &format!(r#"{{"log":"{inner}\n","stream":"stdout","time":"t"}}"#),
+        )
+        .expect("message");
     assert_eq!(m.text, "user logged in level=info user=alice");
-    assert_eq!(flatten_json(r#"{"a":1,"b":"x y"}"#).as_deref(), Some(r#"a=1 b="x y""#));
+    assert_eq!(
+        flatten_json(r#"{"a":1,"b":"x y"}"#).as_deref(),
+        Some(r#"a=1 b="x y""#)
+    );
     assert_eq!(flatten_json("not json"), None);
     assert_eq!(flatten_json("[1,2]"), None);
 }
@@ -147,7 +211,13 @@ plain \"quoted\" line
 }
 
 fn write(path: &std::path::Path, data: &str, append: bool) {
-    let mut f = std::fs::OpenOptions::new().create(true).append(append).write(true).truncate(!append).open(path).expect("open");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(append)
+        .write(true)
+        .truncate(!append)
+        .open(path)
+        .expect("open");
     f.write_all(data.as_bytes()).expect("write");
 }
 
@@ -157,7 +227,11 @@ fn tailer_follows_appends_truncation_and_rotation() {
     std::fs::create_dir_all(&dir).expect("dir");
     let path = dir.join("app.log");
     let _ = std::fs::remove_file(&path);
-    let cfg = TailConfig { max_bytes_per_poll: 1 << 20, max_line_len: 32, from_start: false };
+    let cfg = TailConfig {
+        max_bytes_per_poll: 1 << 20,
+        max_line_len: 32,
+        from_start: false,
+    };
     let mut t = FileTailer::new(&path, cfg);
     let mut out = Vec::new();
     // Missing file: nothing, no error.
@@ -201,7 +275,11 @@ fn tailer_caps_bytes_per_poll_and_set_caps_files() {
     std::fs::create_dir_all(&dir).expect("dir");
     let path = dir.join("big.log");
     write(&path, &"0123456789\n".repeat(100), false);
-    let cfg = TailConfig { max_bytes_per_poll: 110, max_line_len: 64, from_start: true };
+    let cfg = TailConfig {
+        max_bytes_per_poll: 110,
+        max_line_len: 64,
+        from_start: true,
+    };
     let mut t = FileTailer::new(&path, cfg.clone());
     let mut out = Vec::new();
     assert_eq!(t.poll(&mut out).expect("poll"), 10);
@@ -212,11 +290,21 @@ fn tailer_caps_bytes_per_poll_and_set_caps_files() {
     }
     assert_eq!((out.len(), polls), (100, 10));
     // From the end: existing content is skipped.
-    let mut t = FileTailer::new(&path, TailConfig { from_start: false, ..cfg.clone() });
+    let mut t = FileTailer::new(
+        &path,
+        TailConfig {
+            from_start: false,
+            ..cfg.clone()
+        },
+    );
     out.clear();
     assert_eq!(t.poll(&mut out).expect("poll"), 0);
     let mut set = TailSet::new(cfg, 2);
-    assert!(set.add(dir.join("a")).is_ok() && set.add(dir.join("b")).is_ok() && set.add(dir.join("a")).is_ok());
+    assert!(
+        set.add(dir.join("a")).is_ok()
+            && set.add(dir.join("b")).is_ok()
+            && set.add(dir.join("a")).is_ok()
+    );
     assert!(set.add(dir.join("c")).is_err());
     assert_eq!(set.rejected(), 1);
     let mut lines = Vec::new();
@@ -226,7 +314,10 @@ fn tailer_caps_bytes_per_poll_and_set_caps_files() {
 
 #[test]
 fn analyzer_reports_counts_new_templates_and_error_bursts() {
-    let cfg = AnalyzerConfig { new_template_grace_lines: 40, ..AnalyzerConfig::default() };
+    let cfg = AnalyzerConfig {
+        new_template_grace_lines: 40,
+        ..AnalyzerConfig::default()
+    };
     let mut a = LogAnalyzer::new(cfg);
     let mut t = 0i64;
     for interval in 0..10 {
@@ -238,7 +329,11 @@ fn analyzer_reports_counts_new_templates_and_error_bursts() {
         let r = a.poll_interval(t);
         assert_eq!(r.lines, 31);
         assert_eq!(r.error_lines, 1);
-        assert!(r.anomalies.is_empty(), "interval {interval}: {:?}", r.anomalies);
+        assert!(
+            r.anomalies.is_empty(),
+            "interval {interval}: {:?}",
+            r.anomalies
+        );
         if interval == 0 {
             assert_eq!(r.new_templates.len(), 2);
             assert_eq!(r.new_templates[0].samples.len(), 3);
@@ -252,8 +347,18 @@ fn analyzer_reports_counts_new_templates_and_error_bursts() {
     }
     let r = a.poll_interval(t + 1000);
     let kinds: Vec<_> = r.anomalies.iter().map(|x| x.kind).collect();
-    assert_eq!(kinds, [LogAnomalyKind::NewTemplate, LogAnomalyKind::ErrorBurst], "{:?}", r.anomalies);
-    assert!(r.anomalies[1].score > 0.9 && r.anomalies[1].explanation.starts_with("40 error-level lines"));
+    assert_eq!(
+        kinds,
+        [LogAnomalyKind::NewTemplate, LogAnomalyKind::ErrorBurst],
+        "{:?}",
+        r.anomalies
+    );
+    assert!(
+        r.anomalies[1].score > 0.9
+            && r.anomalies[1]
+                .explanation
+                .starts_with("40 error-level lines")
+    );
     assert_eq!(r.anomalies[0].samples, ["WARN disk /dev/sda1 is 91% full"]);
     // A burst that goes on is not reported again.
     for _ in 0..40 {
@@ -276,7 +381,12 @@ fn error_lines_are_recognised() {
     ] {
         assert!(analyzer::is_error_line(l), "{l}");
     }
-    for l in ["INFO all good", "errors=0", "I0102 15:04:05 kubelet.go:1] ok", "no error found"] {
+    for l in [
+        "INFO all good",
+        "errors=0",
+        "I0102 15:04:05 kubelet.go:1] ok",
+        "no error found",
+    ] {
         assert!(!analyzer::is_error_line(l), "{l}");
     }
 }

@@ -24,7 +24,10 @@ impl Batcher {
                 Some(&idx) => self.series[idx].points.push(point),
                 None => {
                     self.index.insert(key.clone(), self.series.len());
-                    self.series.push(SeriesPoints { key, points: vec![point] });
+                    self.series.push(SeriesPoints {
+                        key,
+                        points: vec![point],
+                    });
                 }
             }
         }
@@ -43,7 +46,10 @@ impl Batcher {
     /// Takes the batch built so far.
     pub fn finish(&mut self) -> Batch {
         self.index.clear();
-        Batch { series: std::mem::take(&mut self.series), events: std::mem::take(&mut self.events) }
+        Batch {
+            series: std::mem::take(&mut self.series),
+            events: std::mem::take(&mut self.events),
+        }
     }
 }
 
@@ -62,11 +68,20 @@ mod tests {
         let got: Vec<(String, Vec<i64>)> = batch
             .series
             .iter()
-            .map(|s| (s.key.metric.clone(), s.points.iter().map(|p| p.ts_ms).collect()))
+            .map(|s| {
+                (
+                    s.key.metric.clone(),
+                    s.points.iter().map(|p| p.ts_ms).collect(),
+                )
+            })
             .collect();
         assert_eq!(
             got,
-            vec![("a".into(), vec![1000]), ("b".into(), vec![1000, 2000]), ("c".into(), vec![2000])]
+            vec![
+                ("a".into(), vec![1000]),
+                ("b".into(), vec![1000, 2000]),
+                ("c".into(), vec![2000])
+            ]
         );
         assert_eq!(batch.n_samples(), 4);
     }

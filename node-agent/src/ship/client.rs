@@ -49,7 +49,10 @@ pub struct Shared {
 impl Shared {
     /// Wraps an outbox.
     pub fn new(outbox: Outbox) -> Self {
-        Shared { outbox: Mutex::new(outbox), changed: Notify::new() }
+        Shared {
+            outbox: Mutex::new(outbox),
+            changed: Notify::new(),
+        }
     }
 
     /// The outbox. A poisoned lock still holds a consistent queue (every method keeps
@@ -72,8 +75,17 @@ enum SessionError {
 }
 
 /// Runs until `stop` turns true and the outbox is drained (or the grace period ends).
-pub async fn run(cfg: ClientConfig, shared: Arc<Shared>, metrics: AgentMetrics, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let bind: SocketAddr = if cfg.aggregator.is_ipv6() { "[::]:0".parse()? } else { "0.0.0.0:0".parse()? };
+pub async fn run(
+    cfg: ClientConfig,
+    shared: Arc<Shared>,
+    metrics: AgentMetrics,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let bind: SocketAddr = if cfg.aggregator.is_ipv6() {
+        "[::]:0".parse()?
+    } else {
+        "0.0.0.0:0".parse()?
+    };
     let mut endpoint = quinn::Endpoint::client(bind)?;
     endpoint.set_default_client_config(cfg.quic.clone());
     let mut backoff = cfg.backoff_min;
@@ -85,14 +97,28 @@ pub async fn run(cfg: ClientConfig, shared: Arc<Shared>, metrics: AgentMetrics, 
                 break;
             }
         }
-        match session(&endpoint, &cfg, &shared, &metrics, &mut stop, &mut deadline, &mut backoff).await {
+        match session(
+            &endpoint,
+            &cfg,
+            &shared,
+            &metrics,
+            &mut stop,
+            &mut deadline,
+            &mut backoff,
+        )
+        .await
+        {
             Ok(()) => break,
             Err(e) => {
                 metrics.connect_failures.inc();
                 metrics.connected.set(0);
                 match &e {
-                    SessionError::Rejected(_) => tracing::error!(error = %e, "aggregator refused this node; will retry"),
-                    _ => tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "no connection to the aggregator; batches wait in the outbox"),
+                    SessionError::Rejected(_) => {
+                        tracing::error!(error = %e, "aggregator refused this node; will retry")
+                    }
+                    _ => {
+                        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "no connection to the aggregator; batches wait in the outbox")
+                    }
                 }
             }
         }
@@ -110,7 +136,10 @@ pub async fn run(cfg: ClientConfig, shared: Arc<Shared>, metrics: AgentMetrics, 
     metrics.connected.set(0);
     let left = shared.outbox().len();
     if left > 0 {
-        tracing::warn!(batches = left, "stopping with batches not acked by the aggregator");
+        tracing::warn!(
+            batches = left,
+            "stopping with batches not acked by the aggregator"
+        );
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     Ok(())
@@ -136,7 +165,10 @@ async fn session(
         .map_err(|e| SessionError::Connect(e.to_string()))?
         .await
         .map_err(|e| SessionError::Connect(e.to_string()))?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| SessionError::Lost(e.to_string()))?;
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| SessionError::Lost(e.to_string()))?;
     write_frame(&mut send, &Frame::Hello(cfg.hello.clone())).await?;
     match read_frame(&mut recv).await? {
         Some(Frame::HelloAck(ack)) => {
@@ -166,7 +198,11 @@ async fn session(
                     metrics.batches_nacked.inc();
                 }
                 Some(Frame::Reject { reason }) => return Err(SessionError::Rejected(reason)),
-                Some(_) => return Err(SessionError::Protocol("unexpected frame from aggregator".into())),
+                Some(_) => {
+                    return Err(SessionError::Protocol(
+                        "unexpected frame from aggregator".into(),
+                    ));
+                }
                 None => return Err(SessionError::Lost(close_reason(&conn))),
             }
             shared.changed.notify_one();
@@ -177,8 +213,12 @@ async fn session(
             loop {
                 let bytes = {
                     let mut o = shared.outbox();
-                    let Some(entry) = o.next_to_send(cfg.window) else { break };
-                    metrics.payload_bytes_sent.inc_by(entry.payload.len() as u64);
+                    let Some(entry) = o.next_to_send(cfg.window) else {
+                        break;
+                    };
+                    metrics
+                        .payload_bytes_sent
+                        .inc_by(entry.payload.len() as u64);
                     wire::encode_frame(&Frame::Batch(BatchFrame {
                         node: cfg.hello.node.clone(),
                         session: cfg.hello.session,
@@ -186,7 +226,9 @@ async fn session(
                         payload: entry.payload,
                     }))
                 };
-                send.write_all(&bytes).await.map_err(|e| SessionError::Lost(e.to_string()))?;
+                send.write_all(&bytes)
+                    .await
+                    .map_err(|e| SessionError::Lost(e.to_string()))?;
                 metrics.batches_sent.inc();
             }
             if *stop.borrow() {
@@ -218,7 +260,9 @@ async fn session(
 }
 
 fn close_reason(conn: &quinn::Connection) -> String {
-    conn.close_reason().map(|r| r.to_string()).unwrap_or_else(|| "stream closed".into())
+    conn.close_reason()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|| "stream closed".into())
 }
 
 async fn read_frame(recv: &mut RecvStream) -> Result<Option<Frame>, SessionError> {
@@ -226,13 +270,19 @@ async fn read_frame(recv: &mut RecvStream) -> Result<Option<Frame>, SessionError
     match recv.read_exact(&mut prefix).await {
         Ok(()) => {}
         Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(SessionError::Protocol("stream ended inside a frame".into())),
+        Err(quinn::ReadExactError::FinishedEarly(_)) => {
+            return Err(SessionError::Protocol("stream ended inside a frame".into()));
+        }
         Err(quinn::ReadExactError::ReadError(e)) => return Err(SessionError::Lost(e.to_string())),
     }
-    let len = wire::peek_frame_len(&prefix).map_err(|e| SessionError::Protocol(e.to_string()))?.unwrap_or(0);
+    let len = wire::peek_frame_len(&prefix)
+        .map_err(|e| SessionError::Protocol(e.to_string()))?
+        .unwrap_or(0);
     let mut buf = vec![0u8; 4 + len];
     buf[..4].copy_from_slice(&prefix);
-    recv.read_exact(&mut buf[4..]).await.map_err(|e| SessionError::Lost(e.to_string()))?;
+    recv.read_exact(&mut buf[4..])
+        .await
+        .map_err(|e| SessionError::Lost(e.to_string()))?;
     match wire::decode_frame(&buf) {
         Ok(Some((frame, _))) => Ok(Some(frame)),
         Ok(None) => Err(SessionError::Protocol("short frame".into())),
@@ -241,5 +291,7 @@ async fn read_frame(recv: &mut RecvStream) -> Result<Option<Frame>, SessionError
 }
 
 async fn write_frame(send: &mut SendStream, frame: &Frame) -> Result<(), SessionError> {
-    send.write_all(&wire::encode_frame(frame)).await.map_err(|e| SessionError::Lost(e.to_string()))
+    send.write_all(&wire::encode_frame(frame))
+        .await
+        .map_err(|e| SessionError::Lost(e.to_string()))
 }

@@ -74,7 +74,10 @@ impl Outbox {
         Outbox {
             entries: VecDeque::new(),
             mem_bytes: 0,
-            budget: Budget { memory_bytes: max_bytes, spool_bytes: 0 },
+            budget: Budget {
+                memory_bytes: max_bytes,
+                spool_bytes: 0,
+            },
             spool: None,
             next_seq: 1,
             sent_through: 0,
@@ -90,7 +93,13 @@ impl Outbox {
         let mut outbox = Outbox::new(budget.memory_bytes);
         outbox.budget = budget;
         for f in &recovered.found {
-            outbox.entries.push_back(Entry { seq: f.seq, n_samples: f.n_samples, len: f.loc.len as usize, payload: None, loc: Some(f.loc) });
+            outbox.entries.push_back(Entry {
+                seq: f.seq,
+                n_samples: f.n_samples,
+                len: f.loc.len as usize,
+                payload: None,
+                loc: Some(f.loc),
+            });
         }
         outbox.next_seq = spool.last_seq() + 1;
         outbox.spool = Some(spool);
@@ -103,7 +112,11 @@ impl Outbox {
     pub fn push(&mut self, payload: Vec<u8>, n_samples: usize) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let loc = match self.spool.as_mut().map(|s| s.append(seq, n_samples, &payload)) {
+        let loc = match self
+            .spool
+            .as_mut()
+            .map(|s| s.append(seq, n_samples, &payload))
+        {
             Some(Ok(loc)) => Some(loc),
             Some(Err(e)) => {
                 self.losses.spool_write_errors += 1;
@@ -113,7 +126,13 @@ impl Outbox {
             None => None,
         };
         self.mem_bytes += payload.len();
-        self.entries.push_back(Entry { seq, n_samples, len: payload.len(), payload: Some(payload), loc });
+        self.entries.push_back(Entry {
+            seq,
+            n_samples,
+            len: payload.len(),
+            payload: Some(payload),
+            loc,
+        });
         self.enforce_budget();
         seq
     }
@@ -126,7 +145,11 @@ impl Outbox {
         {
             match spool.shed_oldest() {
                 Ok(Some(last)) => {
-                    while self.entries.front().is_some_and(|e| e.seq <= last && e.loc.is_some()) {
+                    while self
+                        .entries
+                        .front()
+                        .is_some_and(|e| e.seq <= last && e.loc.is_some())
+                    {
                         if let Some(e) = self.entries.pop_front() {
                             self.shed(e);
                         }
@@ -174,7 +197,11 @@ impl Outbox {
     /// The next batch to write on the connection, if the window allows one more in flight.
     pub fn next_to_send(&mut self, window: usize) -> Option<Outgoing> {
         loop {
-            let in_flight = self.entries.iter().take_while(|e| e.seq <= self.sent_through).count();
+            let in_flight = self
+                .entries
+                .iter()
+                .take_while(|e| e.seq <= self.sent_through)
+                .count();
             if in_flight >= window {
                 return None;
             }
@@ -184,12 +211,18 @@ impl Outbox {
             let payload = match (&entry.payload, entry.loc, &self.spool) {
                 (Some(p), _, _) => Ok(p.clone()),
                 (None, Some(loc), Some(spool)) => spool.read(loc),
-                _ => Err(SpoolError::Damaged { path: "memory".into(), offset: 0 }),
+                _ => Err(SpoolError::Damaged {
+                    path: "memory".into(),
+                    offset: 0,
+                }),
             };
             match payload {
                 Ok(payload) => {
                     self.sent_through = entry.seq;
-                    return Some(Outgoing { seq: entry.seq, payload });
+                    return Some(Outgoing {
+                        seq: entry.seq,
+                        payload,
+                    });
                 }
                 Err(e) => {
                     tracing::error!(error = %e, seq = entry.seq, "spooled batch unreadable; dropped");
@@ -344,7 +377,10 @@ mod tests {
     #[test]
     fn spooled_batches_come_back_after_a_restart_with_seqs_continuing() {
         let dir = temp_dir("restart");
-        let budget = Budget { memory_bytes: 25, spool_bytes: 1 << 30 };
+        let budget = Budget {
+            memory_bytes: 25,
+            spool_bytes: 1 << 30,
+        };
         let (mut o, _) = Outbox::with_spool(&dir, budget).unwrap();
         for i in 0..5u8 {
             o.push(vec![i; 10], 3);
@@ -356,11 +392,20 @@ mod tests {
         o.handle_ack(2);
         drop(o);
         let (mut o, rec) = Outbox::with_spool(&dir, budget).unwrap();
-        assert_eq!(rec.found.len(), 5, "acked batches stay until their segment is released");
+        assert_eq!(
+            rec.found.len(),
+            5,
+            "acked batches stay until their segment is released"
+        );
         // The aggregator's resume point skips what it already holds.
         o.handle_connected(Some(2));
-        let got: Vec<(u64, Vec<u8>)> = std::iter::from_fn(|| o.next_to_send(10)).map(|e| (e.seq, e.payload)).collect();
-        assert_eq!(got, vec![(3, vec![2; 10]), (4, vec![3; 10]), (5, vec![4; 10])]);
+        let got: Vec<(u64, Vec<u8>)> = std::iter::from_fn(|| o.next_to_send(10))
+            .map(|e| (e.seq, e.payload))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(3, vec![2; 10]), (4, vec![3; 10]), (5, vec![4; 10])]
+        );
         assert_eq!(o.push(vec![9; 10], 1), 6);
     }
 
@@ -368,7 +413,10 @@ mod tests {
     fn spool_budget_sheds_whole_oldest_segments_and_counts() {
         let dir = temp_dir("budget");
         let seg = crate::ship::spool::SEGMENT_BYTES as usize;
-        let budget = Budget { memory_bytes: 1 << 20, spool_bytes: (seg * 2) as u64 };
+        let budget = Budget {
+            memory_bytes: 1 << 20,
+            spool_bytes: (seg * 2) as u64,
+        };
         let (mut o, _) = Outbox::with_spool(&dir, budget).unwrap();
         for _ in 0..12 {
             o.push(vec![1; seg / 2], 100);
@@ -377,6 +425,10 @@ mod tests {
         assert!(o.losses().shed_batches >= 6, "{:?}", o.losses());
         assert_eq!(o.losses().shed_samples, o.losses().shed_batches * 100);
         let first = o.next_to_send(100).unwrap().seq;
-        assert_eq!(first as usize, o.losses().shed_batches as usize + 1, "oldest shed first, no gaps after");
+        assert_eq!(
+            first as usize,
+            o.losses().shed_batches as usize + 1,
+            "oldest shed first, no gaps after"
+        );
     }
 }

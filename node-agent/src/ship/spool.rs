@@ -53,7 +53,10 @@ pub enum SpoolError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
-    move |source| SpoolError::Io { path: path.to_path_buf(), source }
+    move |source| SpoolError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Where a record lives.
@@ -140,14 +143,19 @@ fn segment_path(dir: &Path, id: u64) -> PathBuf {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
 }
 
 impl Spool {
     /// Opens (creating if needed) the spool in `dir` and recovers what it holds.
     pub fn open(dir: &Path) -> Result<(Spool, Recovered), SpoolError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let mut rec = Recovered { session: load_or_create_session(dir)?, ..Default::default() };
+        let mut rec = Recovered {
+            session: load_or_create_session(dir)?,
+            ..Default::default()
+        };
         let mut ids: Vec<u64> = fs::read_dir(dir)
             .map_err(io_err(dir))?
             .filter_map(|e| e.ok())
@@ -173,7 +181,10 @@ impl Spool {
                     rec.quarantined += 1;
                     tracing::error!(segment = %path.display(), reason = %why, kept_records = records.len(), lost_bytes = bytes.len() - valid, copy = %qpath.display(), "spool: damaged segment quarantined");
                 }
-                let f = OpenOptions::new().write(true).open(&path).map_err(io_err(&path))?;
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_err(&path))?;
                 f.set_len(valid as u64).map_err(io_err(&path))?;
                 f.sync_all().map_err(io_err(&path))?;
             }
@@ -183,12 +194,32 @@ impl Spool {
             }
             let last_seq = records.last().map(|r| r.0).unwrap_or(0);
             for (seq, n_samples, offset, len) in records {
-                rec.found.push(Found { seq, n_samples, loc: Loc { segment: id, offset, len } });
+                rec.found.push(Found {
+                    seq,
+                    n_samples,
+                    loc: Loc {
+                        segment: id,
+                        offset,
+                        len,
+                    },
+                });
             }
-            segments.push_back(Segment { id, bytes: valid as u64, last_seq });
+            segments.push_back(Segment {
+                id,
+                bytes: valid as u64,
+                last_seq,
+            });
         }
         let bytes = segments.iter().map(|s| s.bytes).sum();
-        Ok((Spool { dir: dir.to_path_buf(), segments, active: None, bytes }, rec))
+        Ok((
+            Spool {
+                dir: dir.to_path_buf(),
+                segments,
+                active: None,
+                bytes,
+            },
+            rec,
+        ))
     }
 
     /// Bytes on disk.
@@ -202,23 +233,43 @@ impl Spool {
     }
 
     /// Appends a batch and fsyncs it.
-    pub fn append(&mut self, seq: u64, n_samples: usize, payload: &[u8]) -> Result<Loc, SpoolError> {
+    pub fn append(
+        &mut self,
+        seq: u64,
+        n_samples: usize,
+        payload: &[u8],
+    ) -> Result<Loc, SpoolError> {
         let need_new = match self.segments.back() {
             None => true,
             Some(s) => s.bytes >= SEGMENT_BYTES,
         };
         if need_new || self.active.is_none() {
-            let id = if need_new { self.segments.back().map(|s| s.id + 1).unwrap_or(1) } else { self.segments.back().map(|s| s.id).unwrap_or(1) };
+            let id = if need_new {
+                self.segments.back().map(|s| s.id + 1).unwrap_or(1)
+            } else {
+                self.segments.back().map(|s| s.id).unwrap_or(1)
+            };
             let path = segment_path(&self.dir, id);
-            let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(io_err(&path))?;
             if need_new {
                 sync_dir(&self.dir)?;
-                self.segments.push_back(Segment { id, bytes: 0, last_seq: 0 });
+                self.segments.push_back(Segment {
+                    id,
+                    bytes: 0,
+                    last_seq: 0,
+                });
             }
             self.active = Some(file);
         }
         let (Some(seg), Some(file)) = (self.segments.back_mut(), self.active.as_mut()) else {
-            return Err(SpoolError::Io { path: self.dir.clone(), source: io::Error::other("no active segment") });
+            return Err(SpoolError::Io {
+                path: self.dir.clone(),
+                source: io::Error::other("no active segment"),
+            });
         };
         let mut body = Vec::with_capacity(BODY_PREFIX + payload.len());
         body.extend_from_slice(&seq.to_le_bytes());
@@ -237,7 +288,11 @@ impl Spool {
             self.active = None;
             return Err(SpoolError::Io { path, source: e });
         }
-        let loc = Loc { segment: seg.id, offset: seg.bytes, len: payload.len() as u32 };
+        let loc = Loc {
+            segment: seg.id,
+            offset: seg.bytes,
+            len: payload.len() as u32,
+        };
         seg.bytes += rec.len() as u64;
         seg.last_seq = seq;
         self.bytes += rec.len() as u64;
@@ -253,7 +308,10 @@ impl Spool {
         f.read_exact(&mut rec).map_err(io_err(&path))?;
         let crc = u32::from_le_bytes([rec[4], rec[5], rec[6], rec[7]]);
         if crc32fast::hash(&rec[HEADER..]) != crc {
-            return Err(SpoolError::Damaged { path, offset: loc.offset });
+            return Err(SpoolError::Damaged {
+                path,
+                offset: loc.offset,
+            });
         }
         Ok(rec.split_off(HEADER + BODY_PREFIX))
     }
@@ -274,7 +332,9 @@ impl Spool {
         if self.segments.len() <= 1 {
             return Ok(None);
         }
-        let Some(s) = self.segments.pop_front() else { return Ok(None) };
+        let Some(s) = self.segments.pop_front() else {
+            return Ok(None);
+        };
         let last = s.last_seq;
         self.remove(s)?;
         Ok(Some(last))
@@ -298,7 +358,9 @@ fn load_or_create_session(dir: &Path) -> Result<u64, SpoolError> {
     let id: u64 = rand::random();
     let tmp = dir.join("session.tmp");
     let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(format!("{id}\n").as_bytes()).and_then(|()| f.sync_all()).map_err(io_err(&tmp))?;
+    f.write_all(format!("{id}\n").as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(io_err(&tmp))?;
     fs::rename(&tmp, &path).map_err(io_err(&path))?;
     sync_dir(dir)?;
     Ok(id)
@@ -320,12 +382,20 @@ mod tests {
         let (mut s, rec) = Spool::open(&dir).unwrap();
         assert!(rec.found.is_empty());
         let session = rec.session;
-        let locs: Vec<Loc> = (1..=5).map(|seq| s.append(seq, seq as usize * 10, &vec![seq as u8; 100]).unwrap()).collect();
+        let locs: Vec<Loc> = (1..=5)
+            .map(|seq| {
+                s.append(seq, seq as usize * 10, &vec![seq as u8; 100])
+                    .unwrap()
+            })
+            .collect();
         assert_eq!(s.read(locs[2]).unwrap(), vec![3u8; 100]);
         drop(s);
         let (s, rec) = Spool::open(&dir).unwrap();
         assert_eq!(rec.session, session, "session survives restarts");
-        assert_eq!(rec.found.iter().map(|f| f.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+        assert_eq!(
+            rec.found.iter().map(|f| f.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5]
+        );
         assert_eq!(rec.found[4].n_samples, 50);
         assert_eq!(s.read(rec.found[4].loc).unwrap(), vec![5u8; 100]);
         assert_eq!(s.last_seq(), 5);
@@ -358,7 +428,12 @@ mod tests {
         drop(s);
         let path = segment_path(&dir, 1);
         let len = fs::metadata(&path).unwrap().len();
-        OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 5).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 5)
+            .unwrap();
         let (mut s, rec) = Spool::open(&dir).unwrap();
         assert_eq!(rec.found.len(), 2);
         assert_eq!(rec.quarantined, 0);
@@ -366,7 +441,10 @@ mod tests {
         assert_eq!(s.read(loc).unwrap(), b"again");
         drop(s);
         let (_, rec) = Spool::open(&dir).unwrap();
-        assert_eq!(rec.found.iter().map(|f| f.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(
+            rec.found.iter().map(|f| f.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
     }
 
     #[test]
@@ -397,7 +475,9 @@ mod tests {
     #[test]
     fn hostile_segment_bytes_never_panic() {
         for seed in 0..200u32 {
-            let bytes: Vec<u8> = (0..(seed % 97)).map(|i| (i.wrapping_mul(seed).wrapping_add(7)) as u8).collect();
+            let bytes: Vec<u8> = (0..(seed % 97))
+                .map(|i| (i.wrapping_mul(seed).wrapping_add(7)) as u8)
+                .collect();
             let _ = scan_segment(&bytes);
         }
     }

@@ -25,7 +25,8 @@ pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<quinn
     for c in load_certs(ca)? {
         roots.add(c).context("CA certificate rejected")?;
     }
-    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("cannot read a private key from {}", key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("cannot read a private key from {}", key.display()))?;
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("TLS 1.3 unavailable")?
@@ -33,12 +34,15 @@ pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<quinn
         .with_client_auth_cert(load_certs(cert)?, key)
         .context("node certificate and key do not match")?;
     tls.alpn_protocols = vec![common::wire::ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).context("TLS config unusable for QUIC")?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .context("TLS config unusable for QUIC")?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport
         .keep_alive_interval(Some(std::time::Duration::from_secs(5)))
-        .max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(20_000))));
+        .max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
+            20_000,
+        ))));
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
 }
