@@ -33,6 +33,10 @@ pub struct Checks<'a> {
     pub cargo_test_args: &'a [String],
     /// Print how long each step took (CI logs).
     pub timings: bool,
+    /// The real-kernel tests fail, instead of skipping, when the agent was built without
+    /// its eBPF programs (CI, as root, after setup installed the toolchain: a skip there
+    /// would hide a broken eBPF build). Passed to the tests as `SCARLET_REQUIRE_EBPF=1`.
+    pub require_ebpf: bool,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
@@ -40,6 +44,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         quick: args.quick,
         cargo_test_args: &args.cargo_test_args,
         timings: false,
+        require_ebpf: false,
     })
 }
 
@@ -62,6 +67,9 @@ pub fn run_checks(checks: &Checks) -> anyhow::Result<()> {
         test.arg("--workspace");
     }
     test.args(checks.cargo_test_args);
+    if checks.require_ebpf {
+        test.env("SCARLET_REQUIRE_EBPF", "1");
+    }
     steps.push(test);
     if !checks.quick {
         let mut clippy = cmd::cargo();
