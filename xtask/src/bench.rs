@@ -5,6 +5,9 @@
 //!   measured in the same run on the same load. Writes `target/bench-agent.json`.
 //! - `codec`, `ingest`: the criterion benches in `benches/benches/` (`cargo bench`).
 //! - `detect`: the anomaly detectors' quality report (`benches` binary `detect-quality`).
+//! - `rca`: every fault scenario in `scenarios/` end to end, scored against the RCA ranking
+//!   (top-1 / top-3 hits, time from fault to RCA). Writes `target/bench-rca.json`
+//!   (`crate::scenario::suite`, docs/scenarios.md).
 //!
 //! Extra arguments of `codec`, `ingest` and `detect` go to the bench program itself, e.g.
 //! `cargo xtask bench codec -- --sample-size 10` or a criterion filter.
@@ -38,6 +41,8 @@ enum What {
     Ingest(Passthrough),
     /// Detector quality (`cargo run --release -p benches --bin detect-quality`).
     Detect(Passthrough),
+    /// Root-cause ranking quality over the fault scenarios in scenarios/ (needs root).
+    Rca(crate::scenario::suite::Args),
 }
 
 #[derive(clap::Args)]
@@ -54,6 +59,7 @@ struct Passthrough {
 pub fn run(args: &Args) -> anyhow::Result<()> {
     match &args.what {
         What::Agent(args) => agent::run(args),
+        What::Rca(args) => crate::scenario::suite::run(args),
         What::Codec(pass) => cargo_bench("codec", &pass.args),
         What::Ingest(pass) => cargo_bench("ingest", &pass.args),
         What::Detect(pass) => {
@@ -141,7 +147,7 @@ mod tests {
     fn bench_programs_get_the_extra_arguments() {
         let pass = |argv: &[&str]| match bench(argv) {
             What::Codec(p) | What::Ingest(p) | What::Detect(p) => p.args,
-            What::Agent(_) => panic!("agent"),
+            What::Agent(_) | What::Rca(_) => panic!("not a passthrough bench"),
         };
         assert!(pass(&["codec"]).is_empty());
         assert_eq!(

@@ -12,6 +12,8 @@
 //! - `bench`: benchmarks: agent overhead beside peer agents, codec, ingest, detection.
 //! - `fuzz`: the cargo-fuzz targets in `fuzz/` for N seconds each.
 //! - `e2e`: long end-to-end suites (`faults`: partition, lossy link, disk full, bad spool).
+//! - `scenario`: one fault scenario (services in namespaces, real agents, a fault) scored
+//!   against the aggregator's root-cause ranking (`docs/scenarios.md`).
 
 mod bench;
 mod certs;
@@ -19,6 +21,7 @@ mod ci;
 mod cmd;
 mod e2e;
 mod fuzz;
+mod scenario;
 mod setup;
 mod test;
 mod up;
@@ -57,6 +60,8 @@ enum Task {
     Fuzz(fuzz::Args),
     /// Long end-to-end suites: `faults` (partition, lossy link, disk full, corrupted spool).
     E2e(e2e::Args),
+    /// Fault scenarios: `run FILE.yaml --out RESULT.json` scores the RCA on one (docs/scenarios.md).
+    Scenario(scenario::Args),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +74,7 @@ fn main() -> ExitCode {
         Task::Bench(args) => bench::run(&args),
         Task::Fuzz(args) => fuzz::run(&args),
         Task::E2e(args) => e2e::run(&args),
+        Task::Scenario(args) => scenario::run(&args),
     };
     // Print the error chain ourselves: anyhow's `main` would add a backtrace whenever
     // RUST_BACKTRACE is set, which says nothing useful about a failed chore.
