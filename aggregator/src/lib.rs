@@ -5,8 +5,10 @@
 //! (DataFusion SQL) → [`api`] (HTTP). `main.rs` only wires them.
 
 pub mod api;
+pub mod correlate;
 pub mod ingest;
 pub mod metrics;
 pub mod query;
+pub mod rca;
 pub mod store;
 pub mod wal;

@@ -58,6 +58,9 @@ struct ServeArgs {
     /// Most node connections at once; more are refused.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
+    /// Correlate new anomalies into incidents (and run RCA) this often (seconds).
+    #[arg(long, default_value_t = 5)]
+    correlate_interval_secs: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -97,7 +100,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let http = tokio::net::TcpListener::bind(args.http_listen)
         .await
         .with_context(|| format!("cannot bind HTTP on {}", args.http_listen))?;
-    let app = aggregator::api::router(store.clone(), metrics.clone(), QueryLimits::default())?;
+    let hub = aggregator::correlate::Hub::new(Default::default(), 1024);
+    let app = aggregator::api::router_with_hub(
+        store.clone(),
+        metrics.clone(),
+        QueryLimits::default(),
+        hub.clone(),
+    )?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let limits = IngestLimits {
@@ -112,6 +121,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         shutdown_rx.clone(),
     ));
     let flusher = tokio::spawn(store.clone().run_flusher(shutdown_rx.clone()));
+    let correlator = tokio::spawn(
+        aggregator::correlate::Driver::new(
+            store.clone(),
+            hub,
+            aggregator::correlate::DriverConfig {
+                interval: Duration::from_secs(args.correlate_interval_secs.max(1)),
+                ..Default::default()
+            },
+        )
+        .run(shutdown_rx.clone()),
+    );
     let mut http_shutdown = shutdown_rx.clone();
     let http_task = tokio::spawn(async move {
         axum::serve(http, app)
@@ -128,6 +148,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let _ = ingest_task.await;
     endpoint.wait_idle().await;
     let _ = flusher.await;
+    let _ = correlator.await;
     let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
     tracing::info!("stopped");
     Ok(())

@@ -1,20 +1,40 @@
-//! HTTP API (axum): SQL, health and the aggregator's own metrics.
+//! HTTP API (axum): SQL, health, the aggregator's own metrics and the dashboard API.
 //!
 //! Data path: the last step: operators and the dashboard read what [`crate::store`] holds
-//! through [`crate::query`].
+//! through [`crate::query`], and what [`crate::correlate`] derived (incidents, RCA, the
+//! service graph) through its [`Hub`]. Endpoints and shapes: `docs/api.md`; the
+//! machine-readable spec is served at `/api/v1/openapi.json`.
+//!
+//! - `anomalies`: `GET /api/v1/anomalies`;
+//! - `dashboard`: nodes, services, graph, series;
+//! - `incidents`: incidents and their RCA;
+//! - `stream`: Server-Sent Events;
+//! - `openapi`: the spec.
+//!
+//! Conventions: bad parameters are a 4xx with `{"error": "<message>"}`; times are RFC 3339
+//! or ms since the epoch; lists are `{"items": [...], "total": N, "limit": L, "offset": O}`.
+
+mod anomalies;
+mod dashboard;
+mod incidents;
+mod openapi;
+mod stream;
 
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use axum::{Json, Router};
-use serde::Deserialize;
+use datafusion::prelude::SessionContext;
 
+use crate::correlate::Hub;
+use crate::correlate::incidents::CorrelatorConfig;
 use crate::metrics::Metrics;
 use crate::query::{QueryError, QueryLimits, QuerySource, routes};
 use crate::store::Store;
+
+pub use anomalies::AnomalyParams;
 
 impl QuerySource for Store {
     fn session_context(&self) -> Result<datafusion::prelude::SessionContext, QueryError> {
@@ -23,9 +43,83 @@ impl QuerySource for Store {
     }
 }
 
-/// The whole HTTP surface.
+/// The SQL endpoint's tables: the store's, plus `incidents` from the correlator.
+struct ApiSource {
+    store: Store,
+    hub: Hub,
+}
+
+impl QuerySource for ApiSource {
+    fn session_context(&self) -> Result<SessionContext, QueryError> {
+        let ctx = Store::session_context(&self.store)
+            .map_err(|e| QueryError::Server(format!("cannot open the tables: {e}")))?;
+        let incidents = self
+            .hub
+            .incidents_table()
+            .map_err(|e| QueryError::Server(format!("cannot build the incidents table: {e}")))?;
+        ctx.register_table("incidents", Arc::new(incidents))
+            .map_err(|e| QueryError::Server(format!("cannot register the incidents table: {e}")))?;
+        Ok(ctx)
+    }
+}
+
+/// What the dashboard handlers share.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) store: Store,
+    pub(crate) hub: Hub,
+}
+
+/// The whole HTTP surface, with an idle correlation hub (no incidents unless a
+/// [`crate::correlate::Driver`] feeds one: use [`router_with_hub`] for that).
 pub fn router(store: Store, metrics: Metrics, limits: QueryLimits) -> anyhow::Result<Router> {
-    let sql = routes(Arc::new(store.clone()), limits, &metrics.registry)?;
+    router_with_hub(
+        store,
+        metrics,
+        limits,
+        Hub::new(CorrelatorConfig::default(), 1024),
+    )
+}
+
+/// The dashboard routes: path and handler, one table so the OpenAPI test sees them all.
+fn dashboard_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    vec![
+        ("/api/v1/anomalies", get(anomalies::list_anomalies)),
+        ("/api/v1/nodes", get(dashboard::list_nodes)),
+        ("/api/v1/services", get(dashboard::list_services)),
+        ("/api/v1/graph", get(dashboard::graph)),
+        ("/api/v1/series", get(dashboard::series)),
+        ("/api/v1/incidents", get(incidents::list_incidents)),
+        ("/api/v1/incidents/{id}", get(incidents::get_incident)),
+        ("/api/v1/stream", get(stream::stream)),
+        ("/api/v1/openapi.json", get(openapi::spec)),
+    ]
+}
+
+/// Every path the router serves (for the OpenAPI completeness test).
+pub fn route_paths() -> Vec<&'static str> {
+    let mut paths = vec!["/healthz", "/metrics", "/api/v1/sql"];
+    paths.extend(dashboard_routes().into_iter().map(|(p, _)| p));
+    paths
+}
+
+/// The OpenAPI 3.0 document served at `/api/v1/openapi.json`.
+pub fn openapi_spec() -> &'static str {
+    openapi::SPEC
+}
+
+/// The whole HTTP surface over `store`, with incidents, RCA and the live stream from `hub`.
+pub fn router_with_hub(
+    store: Store,
+    metrics: Metrics,
+    limits: QueryLimits,
+    hub: Hub,
+) -> anyhow::Result<Router> {
+    let source = ApiSource {
+        store: store.clone(),
+        hub: hub.clone(),
+    };
+    let sql = routes(Arc::new(source), limits, &metrics.registry)?;
     let metrics_route = {
         let metrics = metrics.clone();
         get(move || {
@@ -33,9 +127,11 @@ pub fn router(store: Store, metrics: Metrics, limits: QueryLimits) -> anyhow::Re
             async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body) }
         })
     };
-    let anomalies = Router::new()
-        .route("/api/v1/anomalies", get(list_anomalies))
-        .with_state(store);
+    let mut dashboard = Router::new();
+    for (path, handler) in dashboard_routes() {
+        dashboard = dashboard.route(path, handler);
+    }
+    let dashboard = dashboard.with_state(AppState { store, hub });
     Ok(Router::new()
         .route(
             "/healthz",
@@ -43,39 +139,81 @@ pub fn router(store: Store, metrics: Metrics, limits: QueryLimits) -> anyhow::Re
         )
         .route("/metrics", metrics_route)
         .merge(sql)
-        .merge(anomalies))
+        .merge(dashboard))
 }
 
-/// Parameters of `GET /api/v1/anomalies`.
-#[derive(Debug, Deserialize)]
-pub struct AnomalyParams {
-    /// Only anomalies at or after this time: RFC 3339 (`2026-11-22T20:00:00Z`) or ms since
-    /// the epoch. Default: the last hour.
-    pub since: Option<String>,
-    /// Only anomalies before this time (same forms).
-    pub until: Option<String>,
-    /// Only this node.
-    pub node: Option<String>,
-    /// Only this entity.
-    pub entity: Option<String>,
-    /// Only anomalies scoring at least this (0..=1).
-    pub min_score: Option<f64>,
-    /// Page size, 1..=1000 (default 100).
-    pub limit: Option<usize>,
-    /// Rows to skip (for the next page).
-    pub offset: Option<usize>,
+pub(crate) fn bad_request(msg: impl Into<String>) -> Response {
+    error(StatusCode::BAD_REQUEST, msg)
 }
 
-fn bad_request(msg: impl Into<String>) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        Json(serde_json::json!({ "error": msg.into() })),
-    )
+pub(crate) fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": msg.into() }))).into_response()
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// `limit` (1..=1000, default 100) and `offset` (default 0) checked.
+pub(crate) fn page(
+    limit: Option<usize>,
+    offset: Option<usize>,
+) -> Result<(usize, usize), Response> {
+    let limit = limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(bad_request(format!(
+            "limit must be between 1 and 1000, got {limit}"
+        )));
+    }
+    let offset = offset.unwrap_or(0);
+    if offset > 10_000_000 {
+        return Err(bad_request(format!(
+            "offset must be at most 10000000, got {offset}"
+        )));
+    }
+    Ok((limit, offset))
+}
+
+/// `since`/`until` parsed, with defaults; `since` must be before `until`.
+pub(crate) fn time_range(
+    since: Option<&str>,
+    until: Option<&str>,
+    default_since: i64,
+    default_until: i64,
+) -> Result<(i64, i64), Response> {
+    let since = match since.map(|t| parse_time("since", t)).transpose() {
+        Ok(v) => v.unwrap_or(default_since),
+        Err(e) => return Err(bad_request(e)),
+    };
+    let until = match until.map(|t| parse_time("until", t)).transpose() {
+        Ok(v) => v.unwrap_or(default_until),
+        Err(e) => return Err(bad_request(e)),
+    };
+    if since >= until {
+        return Err(bad_request(format!(
+            "since ({since}) must be before until ({until})"
+        )));
+    }
+    Ok((since, until))
+}
+
+/// A list response: `{"items": [...], "total": N, "limit": L, "offset": O}`.
+pub(crate) fn list_response(
+    items: Vec<serde_json::Value>,
+    limit: usize,
+    offset: usize,
+) -> Response {
+    let total = items.len();
+    let page: Vec<serde_json::Value> = items.into_iter().skip(offset).take(limit).collect();
+    Json(serde_json::json!({ "items": page, "total": total, "limit": limit, "offset": offset }))
         .into_response()
 }
 
 /// Milliseconds since the epoch from RFC 3339 or a plain integer.
-fn parse_time(name: &str, text: &str) -> Result<i64, String> {
+pub(crate) fn parse_time(name: &str, text: &str) -> Result<i64, String> {
     if let Ok(ms) = text.parse::<i64>() {
         return Ok(ms);
     }
@@ -143,102 +281,8 @@ fn parse_rfc3339_ms(s: &str) -> Option<i64> {
     Some(((days * 24 + h) * 60 + mi - offset_min) * 60_000 + sec * 1000 + frac_ms)
 }
 
-fn sql_string(s: &str) -> String {
+pub(crate) fn sql_string(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
-}
-
-async fn list_anomalies(State(store): State<Store>, Query(p): Query<AnomalyParams>) -> Response {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    let since = match p
-        .since
-        .as_deref()
-        .map(|t| parse_time("since", t))
-        .transpose()
-    {
-        Ok(v) => v.unwrap_or(now - 3_600_000),
-        Err(e) => return bad_request(e),
-    };
-    let until = match p
-        .until
-        .as_deref()
-        .map(|t| parse_time("until", t))
-        .transpose()
-    {
-        Ok(v) => v,
-        Err(e) => return bad_request(e),
-    };
-    let limit = p.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return bad_request(format!("limit must be between 1 and 1000, got {limit}"));
-    }
-    if let Some(s) = p.min_score
-        && !(0.0..=1.0).contains(&s)
-    {
-        return bad_request(format!("min_score must be between 0 and 1, got {s}"));
-    }
-    let offset = p.offset.unwrap_or(0);
-    let mut filters = vec![format!("ts >= to_timestamp_millis({since})")];
-    if let Some(u) = until {
-        filters.push(format!("ts < to_timestamp_millis({u})"));
-    }
-    if let Some(n) = &p.node {
-        filters.push(format!("node = {}", sql_string(n)));
-    }
-    if let Some(e) = &p.entity {
-        filters.push(format!("entity = {}", sql_string(e)));
-    }
-    if let Some(s) = p.min_score {
-        filters.push(format!("score >= {s}"));
-    }
-    let sql = format!(
-        "SELECT ts, node, entity, metric, labels, score, value, expected, lower, upper, detector, severity, explanation \
-         FROM anomalies WHERE {} ORDER BY ts DESC, node, entity LIMIT {} OFFSET {offset}",
-        filters.join(" AND "),
-        limit + 1
-    );
-    let ctx = match Store::session_context(&store) {
-        Ok(c) => c,
-        Err(e) => return QueryError::Server(e.to_string()).into_response(),
-    };
-    let out = match crate::query::run_query(&ctx, &sql, &QueryLimits::default()).await {
-        Ok(o) => o,
-        Err(e) => return e.into_response(),
-    };
-    let json = match out.to_json() {
-        Ok(j) => j,
-        Err(e) => return e.into_response(),
-    };
-    let parsed: serde_json::Value = serde_json::from_slice(&json).unwrap_or_default();
-    let names: Vec<String> = parsed["columns"]
-        .as_array()
-        .map(|c| {
-            c.iter()
-                .map(|c| c["name"].as_str().unwrap_or_default().to_string())
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut rows: Vec<serde_json::Value> = parsed["rows"]
-        .as_array()
-        .map(|rows| {
-            rows.iter()
-                .map(|r| {
-                    let obj: serde_json::Map<String, serde_json::Value> = names
-                        .iter()
-                        .cloned()
-                        .zip(r.as_array().cloned().unwrap_or_default())
-                        .collect();
-                    serde_json::Value::Object(obj)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let more = rows.len() > limit;
-    rows.truncate(limit);
-    let next_offset = more.then_some(offset + limit);
-    Json(serde_json::json!({ "anomalies": rows, "next_offset": next_offset })).into_response()
 }
 
 #[cfg(test)]

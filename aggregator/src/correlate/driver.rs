@@ -1,0 +1,957 @@
+//! The online driver: a tokio task that polls the store through SQL, feeds the graph and
+//! the correlator, and runs RCA for new or grown incidents.
+//!
+//! Every `interval` (default 5 s): new anomalies (by timestamp watermark, re-reading an
+//! overlap and dropping what was already taken, so rows that arrive a little late are not
+//! lost) go through [`Correlator::handle_anomaly`], then [`Correlator::handle_timeout`];
+//! every `graph_refresh` the service graph is rebuilt from the last `graph_window` of
+//! `tcp_connections`; then up to `max_rca_per_tick` incidents whose revision moved get a
+//! fresh RCA. At start, [`Driver::replay`] runs the anomalies of the last `replay`
+//! through the same state machine, with each anomaly's timestamp as `now`, so the
+//! incidents are rebuilt the same way every time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{Array, Float64Array, Int64Array, StringArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::error::DataFusionError;
+use datafusion::prelude::SessionContext;
+use serde_json::json;
+use thiserror::Error;
+use tokio::sync::watch;
+
+use super::component::{self, component, component_of_series};
+use super::graph::{self, ConnObservation, GraphLimits, ServiceGraph, Side};
+use super::hub::{Hub, RcaCandidate, RcaInputCounts, RcaResult, StreamMessage, incident_summary};
+use super::incidents::{Anomaly, Incident, Status};
+use super::rca_bridge::{CallEdge, EvidenceEvent, RcaInput, SeriesData, run_rca};
+use crate::store::Store;
+
+/// Driver settings.
+#[derive(Clone, Debug)]
+pub struct DriverConfig {
+    /// How often to poll.
+    pub interval: Duration,
+    /// Anomalies replayed at start, ms back from now.
+    pub replay_ms: i64,
+    /// Anomalies re-read behind the watermark each poll, ms.
+    pub overlap_ms: i64,
+    /// Anomalies read per poll at most.
+    pub max_anomalies_per_tick: usize,
+    /// `tcp_connections` looked at for the graph, ms back from now.
+    pub graph_window_ms: i64,
+    /// Rebuild the graph at most this often, ms.
+    pub graph_refresh_ms: i64,
+    /// Bounds of the graph.
+    pub graph_limits: GraphLimits,
+    /// RCA baseline before the first anomaly, ms.
+    pub rca_lookback_ms: i64,
+    /// RCA window at most, ms.
+    pub max_rca_window_ms: i64,
+    /// Series handed to RCA at most.
+    pub max_rca_series: usize,
+    /// RCAs per poll at most (the rest wait for the next poll).
+    pub max_rca_per_tick: usize,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        DriverConfig {
+            interval: Duration::from_secs(5),
+            replay_ms: 6 * 3_600_000,
+            overlap_ms: 120_000,
+            max_anomalies_per_tick: 20_000,
+            graph_window_ms: 3_600_000,
+            graph_refresh_ms: 30_000,
+            graph_limits: GraphLimits::default(),
+            rca_lookback_ms: 600_000,
+            max_rca_window_ms: 6 * 3_600_000,
+            max_rca_series: 1_500,
+            max_rca_per_tick: 4,
+        }
+    }
+}
+
+/// Driver failures (one poll's; the task logs them and polls again).
+#[derive(Debug, Error)]
+pub enum DriverError {
+    /// A query failed.
+    #[error("query failed: {0}")]
+    Query(#[from] DataFusionError),
+    /// A result column had an unexpected type.
+    #[error("unexpected result column: {0}")]
+    Arrow(#[from] ArrowError),
+    /// A result column is missing.
+    #[error("result has no column {0:?}")]
+    MissingColumn(String),
+    /// A blocking task failed.
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+/// What one poll did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TickReport {
+    /// New anomalies taken.
+    pub anomalies: usize,
+    /// Incident events (opened, updated, resolved).
+    pub incident_events: usize,
+    /// RCAs computed.
+    pub rcas: usize,
+    /// Whether the graph was rebuilt.
+    pub graph_rebuilt: bool,
+}
+
+type AnomalyKey = (i64, String, String, String, String, String);
+
+/// The driver. [`Driver::run`] is the task; [`Driver::replay`] and [`Driver::tick`] are
+/// its steps, public so tests can drive it with their own `now`.
+pub struct Driver {
+    store: Store,
+    hub: Hub,
+    cfg: DriverConfig,
+    watermark: Option<i64>,
+    seen: BTreeSet<AnomalyKey>,
+    last_graph_ms: Option<i64>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Driver {
+    /// A driver over `store` publishing into `hub`.
+    pub fn new(store: Store, hub: Hub, cfg: DriverConfig) -> Self {
+        Driver {
+            store,
+            hub,
+            cfg,
+            watermark: None,
+            seen: BTreeSet::new(),
+            last_graph_ms: None,
+        }
+    }
+
+    /// Replays, then polls every `interval` until `shutdown` fires.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        match self.replay(now_ms()).await {
+            Ok(n) => tracing::info!(anomalies = n, "correlation: replayed stored anomalies"),
+            Err(e) => tracing::warn!(error = %e, "correlation: replay failed; starting empty"),
+        }
+        self.hub.lock().ready = true;
+        let mut tick = tokio::time::interval(self.cfg.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => break,
+            }
+            match self.tick(now_ms()).await {
+                Ok(r) => {
+                    failing = false;
+                    if r.anomalies > 0 || r.incident_events > 0 || r.rcas > 0 {
+                        tracing::debug!(
+                            anomalies = r.anomalies,
+                            incident_events = r.incident_events,
+                            rcas = r.rcas,
+                            graph_rebuilt = r.graph_rebuilt,
+                            "correlation poll"
+                        );
+                    }
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "correlation poll failed; will retry");
+                    }
+                    failing = true;
+                }
+            }
+        }
+    }
+
+    async fn context(&self) -> Result<SessionContext, DriverError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.session_context())
+            .await
+            .map_err(|e| DriverError::Task(e.to_string()))?
+            .map_err(DriverError::Query)
+    }
+
+    /// Rebuilds the incidents from the stored anomalies of the last `replay_ms`.
+    /// Deterministic: each anomaly's own timestamp is its `now`.
+    pub async fn replay(&mut self, now: i64) -> Result<usize, DriverError> {
+        let ctx = self.context().await?;
+        self.refresh_graph(&ctx, now).await?;
+        let from = now - self.cfg.replay_ms;
+        let mut total = 0;
+        let mut cursor = from;
+        loop {
+            let batch = load_anomalies(&ctx, cursor, self.cfg.max_anomalies_per_tick).await?;
+            let n = batch.len();
+            let mut fresh = Vec::new();
+            for a in batch {
+                cursor = cursor.max(a.ts_ms);
+                if self.seen.insert(key(&a)) {
+                    fresh.push(a);
+                }
+            }
+            {
+                let mut st = self.hub.lock();
+                for a in &fresh {
+                    st.correlator.handle_timeout(a.ts_ms);
+                    st.correlator.handle_anomaly(a.ts_ms, a);
+                    st.anomalies_seen += 1;
+                }
+                st.correlator.handle_timeout(now);
+                while st.correlator.poll_event().is_some() {}
+            }
+            total += fresh.len();
+            self.watermark = Some(cursor);
+            if n < self.cfg.max_anomalies_per_tick || fresh.is_empty() {
+                break;
+            }
+        }
+        self.prune_seen();
+        Ok(total)
+    }
+
+    /// One poll at time `now`.
+    pub async fn tick(&mut self, now: i64) -> Result<TickReport, DriverError> {
+        let mut report = TickReport::default();
+        let ctx = self.context().await?;
+        if self
+            .last_graph_ms
+            .is_none_or(|t| now - t >= self.cfg.graph_refresh_ms || now < t)
+        {
+            self.refresh_graph(&ctx, now).await?;
+            report.graph_rebuilt = true;
+        }
+        let from = match self.watermark {
+            Some(w) => w - self.cfg.overlap_ms,
+            None => now - self.cfg.replay_ms,
+        };
+        let batch = load_anomalies(&ctx, from, self.cfg.max_anomalies_per_tick).await?;
+        let mut fresh = Vec::new();
+        for a in batch {
+            self.watermark = Some(self.watermark.map_or(a.ts_ms, |w| w.max(a.ts_ms)));
+            if self.seen.insert(key(&a)) {
+                fresh.push(a);
+            }
+        }
+        self.prune_seen();
+        report.anomalies = fresh.len();
+        let mut messages = Vec::new();
+        {
+            let mut st = self.hub.lock();
+            for a in &fresh {
+                st.correlator.handle_anomaly(now, a);
+                st.anomalies_seen += 1;
+                messages.push(StreamMessage {
+                    event: "anomaly",
+                    data: json!(a),
+                });
+            }
+            st.correlator.handle_timeout(now);
+            while let Some(ev) = st.correlator.poll_event() {
+                report.incident_events += 1;
+                if let Some(inc) = st.correlator.get(&ev.id) {
+                    let mut data = incident_summary(inc, st.rca.get(&ev.id));
+                    if let serde_json::Value::Object(m) = &mut data {
+                        m.insert("change".into(), json!(ev.kind.as_str()));
+                        m.insert("at_ms".into(), json!(ev.at_ms));
+                    }
+                    messages.push(StreamMessage {
+                        event: "incident",
+                        data,
+                    });
+                }
+            }
+        }
+        for m in messages {
+            self.hub.publish(m);
+        }
+        report.rcas = self.run_pending_rca(&ctx, now).await?;
+        Ok(report)
+    }
+
+    fn prune_seen(&mut self) {
+        if let Some(w) = self.watermark {
+            let floor = w - self.cfg.overlap_ms;
+            self.seen.retain(|k| k.0 >= floor);
+        }
+    }
+
+    async fn refresh_graph(&mut self, ctx: &SessionContext, now: i64) -> Result<(), DriverError> {
+        let g = load_graph(
+            ctx,
+            now - self.cfg.graph_window_ms,
+            None,
+            self.cfg.graph_limits,
+        )
+        .await?;
+        let mut st = self.hub.lock();
+        st.correlator.set_graph(g.pairs());
+        st.graph = g;
+        st.graph_at_ms = Some(now);
+        self.last_graph_ms = Some(now);
+        Ok(())
+    }
+
+    /// RCA for incidents whose revision moved since their last RCA: open ones first, then
+    /// the most recently updated.
+    async fn run_pending_rca(
+        &mut self,
+        ctx: &SessionContext,
+        now: i64,
+    ) -> Result<usize, DriverError> {
+        let (pending, graph) = {
+            let st = self.hub.lock();
+            let mut pending: Vec<Incident> = st
+                .correlator
+                .incidents()
+                .filter(|i| st.rca.get(&i.id).is_none_or(|r| r.revision != i.revision))
+                .cloned()
+                .collect();
+            pending.sort_by(|a, b| {
+                (a.status != Status::Open)
+                    .cmp(&(b.status != Status::Open))
+                    .then(b.updated_at_ms.cmp(&a.updated_at_ms))
+            });
+            pending.truncate(self.cfg.max_rca_per_tick);
+            (pending, Arc::new(st.graph.clone()))
+        };
+        let mut done = 0;
+        for inc in pending {
+            let started = Instant::now();
+            let end = match inc.resolved_at_ms {
+                Some(r) => r.min(now).max(inc.last_anomaly_ms),
+                None => now.max(inc.last_anomaly_ms),
+            };
+            let start = (inc.first_anomaly_ms - self.cfg.rca_lookback_ms)
+                .max(end - self.cfg.max_rca_window_ms);
+            let input =
+                build_rca_input(ctx, &inc, &graph, start, end, self.cfg.max_rca_series).await?;
+            let counts = RcaInputCounts {
+                series: input.series.len(),
+                events: input.events.len(),
+                edges: input.edges.len(),
+                from_ms: start,
+                to_ms: end,
+            };
+            let ranking = tokio::task::spawn_blocking(move || run_rca(&input))
+                .await
+                .map_err(|e| DriverError::Task(e.to_string()))?;
+            let value = serde_json::to_value(&ranking).unwrap_or_default();
+            let candidates: Vec<RcaCandidate> = value
+                .get("ranking")
+                .cloned()
+                .and_then(|v| serde_json::from_value(v).ok())
+                .unwrap_or_default();
+            let result = RcaResult {
+                ranking: candidates,
+                onset_ms: ranking.onset_ms,
+                computed_at_ms: now,
+                duration_ms: started.elapsed().as_millis() as u64,
+                components_considered: ranking.components_considered,
+                inputs: counts,
+                revision: inc.revision,
+            };
+            tracing::info!(
+                incident = %inc.id,
+                top = result.ranking.first().map(|c| c.target.as_str()).unwrap_or("-"),
+                series = counts.series,
+                events = counts.events,
+                edges = counts.edges,
+                duration_ms = result.duration_ms,
+                "RCA computed"
+            );
+            let mut st = self.hub.lock();
+            if st.correlator.get(&inc.id).is_some() {
+                st.rca.insert(inc.id.clone(), result);
+            }
+            let live: BTreeSet<String> = st.correlator.incidents().map(|i| i.id.clone()).collect();
+            st.rca.retain(|id, _| live.contains(id));
+            done += 1;
+        }
+        Ok(done)
+    }
+}
+
+fn key(a: &Anomaly) -> AnomalyKey {
+    (
+        a.ts_ms,
+        a.node.clone(),
+        a.entity.clone(),
+        a.metric.clone(),
+        a.labels.clone(),
+        a.detector.clone(),
+    )
+}
+
+/// SQL string literal.
+pub fn sql_str(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Runs a query and collects it.
+pub async fn collect(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, DriverError> {
+    Ok(ctx.sql(sql).await?.collect().await?)
+}
+
+/// Typed access to result columns (any string/dictionary/int/timestamp type is cast).
+pub struct Columns<'a>(pub &'a RecordBatch);
+
+impl Columns<'_> {
+    fn column(&self, name: &str, to: &DataType) -> Result<Arc<dyn Array>, DriverError> {
+        let col = self
+            .0
+            .column_by_name(name)
+            .ok_or_else(|| DriverError::MissingColumn(name.to_string()))?;
+        Ok(cast(col, to)?)
+    }
+
+    /// Strings (nulls stay `None`).
+    pub fn strings(&self, name: &str) -> Result<Vec<Option<String>>, DriverError> {
+        let col = self.column(name, &DataType::Utf8)?;
+        let arr = col
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| DriverError::MissingColumn(name.to_string()))?;
+        Ok(arr.iter().map(|v| v.map(str::to_string)).collect())
+    }
+
+    /// Integers (timestamps as their ms).
+    pub fn ints(&self, name: &str) -> Result<Vec<Option<i64>>, DriverError> {
+        let col = self.column(name, &DataType::Int64)?;
+        let arr = col
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| DriverError::MissingColumn(name.to_string()))?;
+        Ok(arr.iter().collect())
+    }
+
+    /// Floats.
+    pub fn floats(&self, name: &str) -> Result<Vec<Option<f64>>, DriverError> {
+        let col = self.column(name, &DataType::Float64)?;
+        let arr = col
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .ok_or_else(|| DriverError::MissingColumn(name.to_string()))?;
+        Ok(arr.iter().collect())
+    }
+}
+
+/// Anomalies with `ts >= from_ms`, oldest first, at most `limit`.
+pub async fn load_anomalies(
+    ctx: &SessionContext,
+    from_ms: i64,
+    limit: usize,
+) -> Result<Vec<Anomaly>, DriverError> {
+    let sql = format!(
+        "SELECT ts, node, entity, metric, labels, score, value, expected, detector, severity, explanation \
+         FROM anomalies WHERE ts >= to_timestamp_millis({from_ms}) \
+         ORDER BY ts, node, entity, metric LIMIT {limit}"
+    );
+    let mut out = Vec::new();
+    for b in collect(ctx, &sql).await? {
+        let c = Columns(&b);
+        let (ts, node, entity, metric, labels) = (
+            c.ints("ts")?,
+            c.strings("node")?,
+            c.strings("entity")?,
+            c.strings("metric")?,
+            c.strings("labels")?,
+        );
+        let (score, value, expected) = (
+            c.floats("score")?,
+            c.floats("value")?,
+            c.floats("expected")?,
+        );
+        let (detector, severity, explanation) = (
+            c.strings("detector")?,
+            c.strings("severity")?,
+            c.strings("explanation")?,
+        );
+        for i in 0..b.num_rows() {
+            let (Some(ts), Some(node), Some(entity)) = (ts[i], node[i].clone(), entity[i].clone())
+            else {
+                continue;
+            };
+            let labels = labels[i].clone().unwrap_or_default();
+            out.push(Anomaly {
+                ts_ms: ts,
+                component: component_of_series(&node, &entity, &labels),
+                node,
+                entity,
+                metric: metric[i].clone().unwrap_or_default(),
+                labels,
+                score: score[i].unwrap_or(0.0),
+                value: value[i].unwrap_or(f64::NAN),
+                expected: expected[i].unwrap_or(f64::NAN),
+                detector: detector[i].clone().unwrap_or_default(),
+                severity: severity[i].clone().unwrap_or_default(),
+                explanation: explanation[i].clone().unwrap_or_default(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Rows aggregated into graph observations at most.
+const MAX_OBSERVATIONS: usize = 200_000;
+
+/// The service graph over `tcp_connections` rows in `[since_ms, until_ms)`.
+pub async fn load_graph(
+    ctx: &SessionContext,
+    since_ms: i64,
+    until_ms: Option<i64>,
+    limits: GraphLimits,
+) -> Result<ServiceGraph, DriverError> {
+    let until = until_ms
+        .map(|u| format!(" AND ts < to_timestamp_millis({u})"))
+        .unwrap_or_default();
+    let sql = format!(
+        "SELECT node, comm, cgroup, pod_uid, container_id, side, saddr, lport, daddr, rport, \
+           sum(is_connect) AS connects, sum(is_close) AS closes, sum(is_error) AS errors, \
+           sum(is_reset) AS resets, sum(retx) AS retransmits, sum(lat) AS lat_sum, \
+           count(lat) AS lat_n, min(ts) AS first_ts, max(ts) AS last_ts \
+         FROM ( \
+           SELECT ts, node, comm, cgroup, pod_uid, container_id, \
+             CASE WHEN direction IN ('in', 'accept', 'incoming') THEN 'accept' ELSE 'connect' END AS side, \
+             coalesce(saddr, '') AS saddr, \
+             CASE WHEN direction IN ('in', 'accept', 'incoming') THEN sport ELSE CAST(NULL AS BIGINT) END AS lport, \
+             coalesce(daddr, '') AS daddr, \
+             CASE WHEN direction IN ('in', 'accept', 'incoming') THEN CAST(NULL AS BIGINT) ELSE dport END AS rport, \
+             CASE WHEN kind = 'tcp.connect' THEN 1 ELSE 0 END AS is_connect, \
+             CASE WHEN kind = 'tcp.close' THEN 1 ELSE 0 END AS is_close, \
+             CASE WHEN kind = 'tcp.connect' AND coalesce(result, 'ok') <> 'ok' THEN 1 ELSE 0 END AS is_error, \
+             CASE WHEN coalesce(reset, 'none') NOT IN ('none', '', 'false', '0') THEN 1 ELSE 0 END AS is_reset, \
+             coalesce(retransmits, 0) AS retx, \
+             connect_latency_us AS lat \
+           FROM tcp_connections \
+           WHERE ts >= to_timestamp_millis({since_ms}){until} \
+             AND coalesce(direction, 'out') <> 'unknown' \
+         ) t \
+         GROUP BY node, comm, cgroup, pod_uid, container_id, side, saddr, lport, daddr, rport \
+         LIMIT {MAX_OBSERVATIONS}"
+    );
+    let mut obs = Vec::new();
+    for b in collect(ctx, &sql).await? {
+        let c = Columns(&b);
+        let (node, comm, cgroup, pod, ctr, side) = (
+            c.strings("node")?,
+            c.strings("comm")?,
+            c.strings("cgroup")?,
+            c.strings("pod_uid")?,
+            c.strings("container_id")?,
+            c.strings("side")?,
+        );
+        let (saddr, lport, daddr, rport) = (
+            c.strings("saddr")?,
+            c.ints("lport")?,
+            c.strings("daddr")?,
+            c.ints("rport")?,
+        );
+        let (connects, closes, errors, resets, retx) = (
+            c.ints("connects")?,
+            c.ints("closes")?,
+            c.ints("errors")?,
+            c.ints("resets")?,
+            c.ints("retransmits")?,
+        );
+        let (lat_sum, lat_n, first, last) = (
+            c.floats("lat_sum")?,
+            c.ints("lat_n")?,
+            c.ints("first_ts")?,
+            c.ints("last_ts")?,
+        );
+        let u = |v: Option<i64>| v.unwrap_or(0).max(0) as u64;
+        for i in 0..b.num_rows() {
+            let Some(n) = node[i].clone() else { continue };
+            obs.push(ConnObservation {
+                component: component(
+                    &n,
+                    comm[i].as_deref(),
+                    cgroup[i].as_deref(),
+                    pod[i].as_deref(),
+                    ctr[i].as_deref(),
+                ),
+                node: n,
+                side: if side[i].as_deref() == Some("accept") {
+                    Side::Accept
+                } else {
+                    Side::Connect
+                },
+                local_addr: saddr[i].clone().unwrap_or_default(),
+                local_port: lport[i],
+                remote_addr: daddr[i].clone().unwrap_or_default(),
+                remote_port: rport[i],
+                connects: u(connects[i]),
+                closes: u(closes[i]),
+                errors: u(errors[i]),
+                resets: u(resets[i]),
+                retransmits: u(retx[i]),
+                latency_sum_us: lat_sum[i].unwrap_or(0.0),
+                latency_n: u(lat_n[i]),
+                first_ms: first[i].unwrap_or(0),
+                last_ms: last[i].unwrap_or(0),
+            });
+        }
+    }
+    Ok(graph::build(&obs, limits))
+}
+
+/// Sample metrics handed to RCA: store name → (RCA metric name, combine by max instead of
+/// sum across the processes of a component).
+const RCA_METRICS: &[(&str, &str, bool)] = &[
+    ("proc.cpu_pct", "cpu_pct", false),
+    ("proc.rss_bytes", "rss_bytes", false),
+    ("proc.read_bytes_per_s", "io_read_bytes_per_s", false),
+    ("proc.write_bytes_per_s", "io_write_bytes_per_s", false),
+    ("proc.fds", "fds", false),
+    ("proc.threads", "threads", false),
+    ("cpu.usage_pct", "cpu_pct", true),
+    ("cpu.iowait_pct", "cpu_iowait_pct", true),
+    ("mem.used_pct", "mem_used_pct", true),
+    ("load.1m", "load_1m", true),
+    ("psi.cpu.some_avg10", "psi_cpu_some_pct", true),
+    ("psi.memory.some_avg10", "psi_memory_some_pct", true),
+    ("psi.io.some_avg10", "psi_io_some_pct", true),
+    ("cgroup.cpu_pct", "cgroup_cpu_pct", true),
+    ("cgroup.cpu_throttled_pct", "cgroup_cpu_throttled_pct", true),
+    ("cgroup.mem_usage_bytes", "cgroup_mem_bytes", true),
+    (
+        "cgroup.io_read_bytes_per_s",
+        "cgroup_io_read_bytes_per_s",
+        true,
+    ),
+    (
+        "cgroup.io_write_bytes_per_s",
+        "cgroup_io_write_bytes_per_s",
+        true,
+    ),
+];
+
+/// Bucket width for a window: about 240 points, at least 5 s.
+fn step_for(start: i64, end: i64) -> i64 {
+    (((end - start) / 240).max(5_000) / 1000) * 1000
+}
+
+/// Builds the RCA input of one incident over `[start, end]` on its nodes.
+pub async fn build_rca_input(
+    ctx: &SessionContext,
+    inc: &Incident,
+    graph: &ServiceGraph,
+    start: i64,
+    end: i64,
+    max_series: usize,
+) -> Result<RcaInput, DriverError> {
+    let step = step_for(start, end);
+    let nodes: Vec<String> = inc.nodes.iter().map(|n| sql_str(n)).collect();
+    let node_list = if nodes.is_empty() {
+        "''".to_string()
+    } else {
+        nodes.join(", ")
+    };
+    let window = format!(
+        "ts >= to_timestamp_millis({start}) AND ts <= to_timestamp_millis({end}) AND node IN ({node_list})"
+    );
+    let metric_list = RCA_METRICS
+        .iter()
+        .map(|(m, _, _)| sql_str(m))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT node, entity, labels, metric, b, avg(value) AS v FROM ( \
+           SELECT node, entity, labels, metric, value, \
+             date_bin(INTERVAL '{step} milliseconds', ts) AS b \
+           FROM samples WHERE {window} AND metric IN ({metric_list}) \
+             AND (entity = 'host' OR entity LIKE 'process/%' OR entity LIKE 'cgroup/%') \
+         ) t GROUP BY node, entity, labels, metric, b LIMIT 2000000"
+    );
+    // (component, metric) -> bucket -> (value, is_max)
+    let mut series: BTreeMap<(String, String), BTreeMap<i64, f64>> = BTreeMap::new();
+    // (component, metric, bucket) per entity first: sum over processes, max for the rest.
+    for b in collect(ctx, &sql).await? {
+        let c = Columns(&b);
+        let (node, entity, labels, metric, bucket, v) = (
+            c.strings("node")?,
+            c.strings("entity")?,
+            c.strings("labels")?,
+            c.strings("metric")?,
+            c.ints("b")?,
+            c.floats("v")?,
+        );
+        for i in 0..b.num_rows() {
+            let (Some(node), Some(entity), Some(metric), Some(bucket), Some(v)) = (
+                node[i].as_deref(),
+                entity[i].as_deref(),
+                metric[i].as_deref(),
+                bucket[i],
+                v[i],
+            ) else {
+                continue;
+            };
+            if !v.is_finite() {
+                continue;
+            }
+            let Some((_, name, use_max)) = RCA_METRICS.iter().find(|(m, _, _)| *m == metric) else {
+                continue;
+            };
+            let comp = component_of_series(node, entity, labels[i].as_deref().unwrap_or(""));
+            if entity.starts_with("cgroup/")
+                && !matches!(component::kind_of(&comp), "pod" | "container")
+            {
+                continue;
+            }
+            let slot = series
+                .entry((comp, name.to_string()))
+                .or_default()
+                .entry(bucket)
+                .or_insert(if *use_max { f64::MIN } else { 0.0 });
+            if *use_max {
+                *slot = slot.max(v);
+            } else {
+                *slot += v;
+            }
+        }
+    }
+
+    // TCP health per component, as series (zero-filled counts, latency where seen).
+    let sql = format!(
+        "SELECT node, comm, cgroup, pod_uid, container_id, b, \
+           sum(coalesce(retransmits, 0)) AS retx, \
+           sum(CASE WHEN coalesce(reset, 'none') NOT IN ('none', '', 'false', '0') THEN 1 ELSE 0 END) AS resets, \
+           sum(CASE WHEN kind = 'tcp.connect' AND coalesce(result, 'ok') <> 'ok' THEN 1 ELSE 0 END) AS errors, \
+           avg(CAST(connect_latency_us AS DOUBLE)) AS lat \
+         FROM (SELECT *, date_bin(INTERVAL '{step} milliseconds', ts) AS b FROM tcp_connections WHERE {window}) t \
+         GROUP BY node, comm, cgroup, pod_uid, container_id, b LIMIT 500000"
+    );
+    let mut tcp_components: BTreeSet<String> = BTreeSet::new();
+    for b in collect(ctx, &sql).await? {
+        let c = Columns(&b);
+        let (node, comm, cgroup, pod, ctr, bucket) = (
+            c.strings("node")?,
+            c.strings("comm")?,
+            c.strings("cgroup")?,
+            c.strings("pod_uid")?,
+            c.strings("container_id")?,
+            c.ints("b")?,
+        );
+        let (retx, resets, errors, lat) = (
+            c.ints("retx")?,
+            c.ints("resets")?,
+            c.ints("errors")?,
+            c.floats("lat")?,
+        );
+        for i in 0..b.num_rows() {
+            let (Some(node), Some(bucket)) = (node[i].as_deref(), bucket[i]) else {
+                continue;
+            };
+            let comp = component(
+                node,
+                comm[i].as_deref(),
+                cgroup[i].as_deref(),
+                pod[i].as_deref(),
+                ctr[i].as_deref(),
+            );
+            tcp_components.insert(comp.clone());
+            for (name, value) in [
+                ("tcp_retransmits", retx[i].map(|v| v as f64)),
+                ("tcp_resets", resets[i].map(|v| v as f64)),
+                ("tcp_connect_errors", errors[i].map(|v| v as f64)),
+                ("tcp_connect_latency_us", lat[i]),
+            ] {
+                if let Some(v) = value.filter(|v| v.is_finite()) {
+                    *series
+                        .entry((comp.clone(), name.to_string()))
+                        .or_default()
+                        .entry(bucket)
+                        .or_insert(0.0) += v;
+                }
+            }
+        }
+    }
+    let first_bucket = start.div_euclid(step) * step;
+    for comp in &tcp_components {
+        for name in ["tcp_retransmits", "tcp_resets", "tcp_connect_errors"] {
+            let s = series.entry((comp.clone(), name.to_string())).or_default();
+            let mut t = first_bucket;
+            while t <= end {
+                s.entry(t).or_insert(0.0);
+                t += step;
+            }
+        }
+    }
+
+    // Events: OOM kills, crashes, restarts; the incident's anomalies.
+    let sql = format!(
+        "SELECT ts, node, kind, comm, cgroup, pod_uid, container_id, exit_code, signal, message \
+         FROM process_events WHERE {window} AND (kind IN ('oom.kill', 'process.exec') \
+           OR (kind = 'process.exit' AND (coalesce(exit_code, 0) <> 0 OR coalesce(signal, 0) <> 0))) \
+         ORDER BY ts LIMIT 20000"
+    );
+    let mut events = Vec::new();
+    let mut crashed: BTreeSet<String> = BTreeSet::new();
+    for b in collect(ctx, &sql).await? {
+        let c = Columns(&b);
+        let (ts, node, kind, comm, cgroup, pod, ctr) = (
+            c.ints("ts")?,
+            c.strings("node")?,
+            c.strings("kind")?,
+            c.strings("comm")?,
+            c.strings("cgroup")?,
+            c.strings("pod_uid")?,
+            c.strings("container_id")?,
+        );
+        let (exit_code, signal, message) = (
+            c.ints("exit_code")?,
+            c.ints("signal")?,
+            c.strings("message")?,
+        );
+        for i in 0..b.num_rows() {
+            let (Some(ts), Some(node), Some(kind)) =
+                (ts[i], node[i].as_deref(), kind[i].as_deref())
+            else {
+                continue;
+            };
+            let comp = component(
+                node,
+                comm[i].as_deref(),
+                cgroup[i].as_deref(),
+                pod[i].as_deref(),
+                ctr[i].as_deref(),
+            );
+            let detail = message[i].clone().unwrap_or_default();
+            let ev = match kind {
+                "oom.kill" => Some(("oom_kill", 1.0)),
+                "process.exit" => {
+                    let sig = signal[i].unwrap_or(0);
+                    let score = match sig {
+                        4 | 6 | 7 | 8 | 11 => 0.9,
+                        9 => 0.7,
+                        0 if exit_code[i].unwrap_or(0) != 0 => 0.6,
+                        _ => 0.5,
+                    };
+                    Some(("crash", score))
+                }
+                "process.exec" if crashed.contains(&comp) => Some(("restart", 0.5)),
+                _ => None,
+            };
+            if let Some((k, score)) = ev {
+                if k != "restart" {
+                    crashed.insert(comp.clone());
+                }
+                events.push(EvidenceEvent {
+                    component: comp,
+                    ts_ms: ts,
+                    kind: k.to_string(),
+                    detail,
+                    score,
+                });
+            }
+        }
+    }
+    for a in &inc.anomalies {
+        let m = a.metric.to_ascii_lowercase();
+        let kind = if m.contains("error") || m.contains("log.") || a.detector.contains("burst") {
+            "error_burst"
+        } else {
+            "anomaly"
+        };
+        events.push(EvidenceEvent {
+            component: a.component.clone(),
+            ts_ms: a.ts_ms,
+            kind: kind.to_string(),
+            detail: format!("{} {} {}: {}", a.node, a.entity, a.metric, a.explanation),
+            score: a.score,
+        });
+    }
+
+    // Bounded series: the incident's components first, then their graph neighbours, then
+    // the rest.
+    let neighbours: BTreeSet<&str> = graph
+        .pairs()
+        .filter_map(|(a, b)| {
+            if inc.components.contains(a) {
+                Some(b)
+            } else if inc.components.contains(b) {
+                Some(a)
+            } else {
+                None
+            }
+        })
+        .collect();
+    let mut out: Vec<(u8, SeriesData)> = series
+        .into_iter()
+        .filter(|(_, pts)| !pts.is_empty())
+        .map(|((comp, metric), pts)| {
+            let prio = if inc.components.contains(&comp) {
+                0
+            } else if neighbours.contains(comp.as_str()) {
+                1
+            } else if comp.starts_with("host@") {
+                2
+            } else {
+                3
+            };
+            (
+                prio,
+                SeriesData {
+                    component: comp,
+                    metric,
+                    points: pts.into_iter().collect(),
+                },
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| a.1.component.cmp(&b.1.component))
+            .then_with(|| a.1.metric.cmp(&b.1.metric))
+    });
+    out.truncate(max_series);
+    let series: Vec<SeriesData> = out.into_iter().map(|(_, s)| s).collect();
+    let present: BTreeSet<&str> = series
+        .iter()
+        .map(|s| s.component.as_str())
+        .chain(inc.components.iter().map(String::as_str))
+        .chain(events.iter().map(|e| e.component.as_str()))
+        .collect();
+    let edges: Vec<CallEdge> = graph
+        .pairs()
+        .filter(|(a, b)| present.contains(a) || present.contains(b))
+        .take(5_000)
+        .map(|(a, b)| CallEdge {
+            caller: a.to_string(),
+            callee: b.to_string(),
+        })
+        .collect();
+    Ok(RcaInput {
+        series,
+        edges,
+        window: None,
+        events,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_scale_with_the_window() {
+        assert_eq!(step_for(0, 600_000), 5_000);
+        assert_eq!(step_for(0, 3_600_000), 15_000);
+        assert_eq!(step_for(0, 0), 5_000);
+    }
+}
