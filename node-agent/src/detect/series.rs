@@ -441,7 +441,7 @@ impl SeriesDetector {
         if self.season == SEASON_UNDECIDED && self.n as usize >= RING {
             self.decide_season(cfg, ts_ms);
         }
-        if self.n % 32 == 0 || self.n == cfg.warmup {
+        if self.n.is_multiple_of(32) || self.n == cfg.warmup {
             self.update_band(cfg);
         }
         Observation {
@@ -766,7 +766,7 @@ impl SeriesDetector {
         }
         // Keep the profile centred; the levels take the mean, so forecasts do not move.
         // Not during the first period: unvisited bins would take a share of the mean.
-        if (self.n % 256 == 0 && age >= per_period) || age == per_period.floor() {
+        if (self.n.is_multiple_of(256) && age >= per_period) || age == per_period.floor() {
             let nb = self.nbins as usize;
             let mean = self.bins[..nb].iter().map(|&b| f64::from(b)).sum::<f64>() / nb as f64;
             for b in &mut self.bins[..nb] {
@@ -878,12 +878,12 @@ impl SeriesDetector {
         }
         let b = if sxx > 0.0 { sxy / sxx } else { 0.0 };
         let mut offset = [0.0f64; NBINS];
-        for k in 0..period {
-            offset[k] = mean_y[k] - b * mean_t[k];
+        for ((o, &y), &t) in offset.iter_mut().zip(&mean_y).zip(&mean_t).take(period) {
+            *o = y - b * t;
         }
         let a = offset[..period].iter().sum::<f64>() / period as f64;
-        for k in 0..period {
-            self.bins[k] = (offset[k] - a) as f32;
+        for (bin, &o) in self.bins.iter_mut().zip(&offset).take(period) {
+            *bin = (o - a) as f32;
         }
         let mut abs_sum = 0.0;
         for (i, &y) in ordered.iter().enumerate() {
@@ -1055,40 +1055,5 @@ fn explain(
                 z.abs()
             )
         }
-    }
-}
-
-#[cfg(test)]
-impl SeriesDetector {
-    /// Compact internals for debugging tests.
-    pub(crate) fn debug_line(&self) -> String {
-        format!(
-            "tails={:?} lf={:.4} T={:.4} ls={:.4} lseas={:.4} sf={:.4} ss={:.4} cu+={:.2} cu-={:.2} run={} var={:.2} vew={:.2} flag={:.4} band={:.2}",
-            self.tails
-                .iter()
-                .zip(PRIOR_PU)
-                .map(|(t, p)| format!("{:.1}", t.quantile(1e-5, p)))
-                .collect::<Vec<_>>(),
-            self.lf,
-            self.trend,
-            self.ls,
-            self.lseason,
-            self.abs_f * MEAN_ABS_TO_SIGMA,
-            self.abs_s * MEAN_ABS_TO_SIGMA,
-            self.cusum_pos,
-            self.cusum_neg,
-            self.run_len,
-            self.var_cusum,
-            self.var_ew,
-            self.flag_rate,
-            self.band_z
-        )
-    }
-}
-
-#[cfg(test)]
-impl SeriesDetector {
-    pub(crate) fn debug_season(&self, ts_ms: i64) -> f64 {
-        self.season_at(ts_ms)
     }
 }

@@ -54,7 +54,8 @@ pub(crate) fn normal_surprise(z: f64) -> f64 {
 /// Inverse of [`normal_surprise`] for `s >= 0`: fixed-point steps on the asymptotic form
 /// `s = z²/2 + ln z + ln √(π/2)`, then Newton steps on the exact function.
 pub(crate) fn normal_z_for_surprise(s: f64) -> f64 {
-    if !(s > 0.0) {
+    // Also catches NaN.
+    if s.is_nan() || s <= 0.0 {
         return 0.0;
     }
     let s = s.min(1e6);

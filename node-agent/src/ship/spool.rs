@@ -110,9 +110,13 @@ pub struct Spool {
     bytes: u64,
 }
 
+/// A record found by [`scan_segment`]: `(seq, n_samples, offset of its header in the
+/// segment, payload length)`.
+pub type ScannedRecord = (u64, usize, u64, u32);
+
 /// Parses one segment's bytes: records up to the first bad one, and where that was.
 /// Sans-IO for unit tests.
-pub fn scan_segment(bytes: &[u8]) -> (Vec<(u64, usize, u64, u32)>, usize, Option<String>) {
+pub fn scan_segment(bytes: &[u8]) -> (Vec<ScannedRecord>, usize, Option<String>) {
     let mut out = Vec::new();
     let mut pos = 0usize;
     while pos < bytes.len() {
@@ -383,10 +387,7 @@ mod tests {
         assert!(rec.found.is_empty());
         let session = rec.session;
         let locs: Vec<Loc> = (1..=5)
-            .map(|seq| {
-                s.append(seq, seq as usize * 10, &vec![seq as u8; 100])
-                    .unwrap()
-            })
+            .map(|seq| s.append(seq, seq as usize * 10, &[seq as u8; 100]).unwrap())
             .collect();
         assert_eq!(s.read(locs[2]).unwrap(), vec![3u8; 100]);
         drop(s);
