@@ -6,17 +6,25 @@
 //! and 10 s batches of the steady and churn streams (criterion tracks time, not size),
 //! next to a naive baseline: postcard of the plain `Batch` + zstd at the same level. Then
 //! criterion measures encode and decode throughput in samples per second.
+//!
+//! A second table puts the same samples next to Prometheus remote-write 1.0 (protobuf
+//! `WriteRequest`, snappy; `benches::remote_write`), one request per batch interval.
 
 use std::hint::black_box;
 use std::time::Duration;
 
-use benches::{NodeStream, StreamConfig, variants};
+use benches::{NodeStream, StreamConfig, remote_write, variants};
 use common::codec;
 use common::model::{Batch, SeriesPoints};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 /// Seconds of stream per size measurement: long enough for churn to matter.
 const STREAM_SECS: u32 = 120;
+/// The node name the remote-write labels carry.
+const NODE: &str = "bench-node-1";
+/// Targets of the "lossless, efficient delivery" issue.
+const TARGET_BYTES_PER_SAMPLE: f64 = 1.0;
+const TARGET_RATIO_VS_REMOTE_WRITE: f64 = 5.0;
 /// zstd level of the baseline; the codec uses 3 too.
 const BASELINE_ZSTD_LEVEL: i32 = 3;
 
@@ -128,8 +136,64 @@ fn print_sizes() {
     println!();
 }
 
+/// Ours against Prometheus remote-write for the very same samples, batched alike.
+fn print_remote_write() {
+    println!(
+        "Ours vs Prometheus remote-write 1.0 (protobuf WriteRequest + snappy, one request per batch), {STREAM_SECS} s, seed 1:"
+    );
+    println!(
+        "{:<7} {:>5} {:>8} {:>9} {:>9} {:>9} {:>7}  targets: ours <= {TARGET_BYTES_PER_SAMPLE} B/sample, ratio >= {TARGET_RATIO_VS_REMOTE_WRITE}x",
+        "stream", "batch", "samples", "ours", "rw+snappy", "rw raw", "ratio"
+    );
+    println!(
+        "{:<7} {:>5} {:>8} {:>9} {:>9} {:>9} {:>7}",
+        "", "", "", "B/sample", "B/sample", "B/sample", ""
+    );
+    for (name, cfg) in variants(1) {
+        for batch_secs in [1u32, 5, 10] {
+            let list = batches(cfg.clone(), batch_secs);
+            let samples: usize = list.iter().map(Batch::n_samples).sum();
+            let ours: usize = list.iter().map(|b| codec::encode_batch(b).len()).sum();
+            let rw: usize = list
+                .iter()
+                .map(|b| remote_write::encode(NODE, b).len())
+                .sum();
+            let rw_raw: usize = list
+                .iter()
+                .map(|b| remote_write::encode_write_request(NODE, b).len())
+                .sum();
+            let per = |bytes: usize| bytes as f64 / samples as f64;
+            let ratio = rw as f64 / ours as f64;
+            let verdict =
+                if per(ours) <= TARGET_BYTES_PER_SAMPLE && ratio >= TARGET_RATIO_VS_REMOTE_WRITE {
+                    "ok"
+                } else {
+                    "MISSES TARGET"
+                };
+            println!(
+                "{:<7} {:>4}s {:>8} {:>9.3} {:>9.3} {:>9.3} {:>6.1}x  {verdict}",
+                name,
+                batch_secs,
+                samples,
+                per(ours),
+                per(rw),
+                per(rw_raw),
+                ratio,
+            );
+        }
+    }
+    println!(
+        "  rw+snappy: what remote-write sends (HTTP headers not counted); rw raw: the protobuf before snappy"
+    );
+    println!(
+        "  ratio = rw+snappy / ours; labels: __name__, entity, the series' labels, node={NODE:?}"
+    );
+    println!();
+}
+
 fn bench_codec(c: &mut Criterion) {
     print_sizes();
+    print_remote_write();
     let mut group = c.benchmark_group("codec");
     group
         .sample_size(10)

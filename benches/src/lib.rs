@@ -16,6 +16,8 @@
 //! Used by `benches/codec.rs` (bytes per sample, encode/decode) and `benches/ingest.rs`
 //! (end-to-end ingest over QUIC with mutual TLS).
 
+pub mod remote_write;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;

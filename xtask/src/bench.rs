@@ -5,6 +5,9 @@
 //!   measured in the same run on the same load. Writes `target/bench-agent.json`.
 //! - `codec`, `ingest`: the criterion benches in `benches/benches/` (`cargo bench`).
 //! - `detect`: the anomaly detectors' quality report (`benches` binary `detect-quality`).
+//! - `ingest-nodes`: N simulated agents (10, 100, 1000) over real QUIC against the real
+//!   aggregator process: samples/s, ack latency, aggregator RSS and CPU ([`ingest_nodes`]).
+//!   Writes `target/bench-ingest-nodes.json`.
 //! - `rca`: every fault scenario in `scenarios/` end to end, scored against the RCA ranking
 //!   (top-1 / top-3 hits, time from fault to RCA). Writes `target/bench-rca.json`
 //!   (`crate::scenario::suite`, docs/scenarios.md).
@@ -15,6 +18,7 @@
 
 mod agent;
 mod daemon;
+mod ingest_nodes;
 mod peers;
 mod procfs;
 
@@ -41,6 +45,8 @@ enum What {
     Ingest(Passthrough),
     /// Detector quality (`cargo run --release -p benches --bin detect-quality`).
     Detect(Passthrough),
+    /// Many-node ingest: N agents over QUIC against the aggregator process (RSS, samples/s).
+    IngestNodes(ingest_nodes::Args),
     /// Root-cause ranking quality over the fault scenarios in scenarios/ (needs root).
     Rca(crate::scenario::suite::Args),
 }
@@ -59,6 +65,7 @@ struct Passthrough {
 pub fn run(args: &Args) -> anyhow::Result<()> {
     match &args.what {
         What::Agent(args) => agent::run(args),
+        What::IngestNodes(args) => ingest_nodes::run(args),
         What::Rca(args) => crate::scenario::suite::run(args),
         What::Codec(pass) => cargo_bench("codec", &pass.args),
         What::Ingest(pass) => cargo_bench("ingest", &pass.args),
@@ -147,7 +154,9 @@ mod tests {
     fn bench_programs_get_the_extra_arguments() {
         let pass = |argv: &[&str]| match bench(argv) {
             What::Codec(p) | What::Ingest(p) | What::Detect(p) => p.args,
-            What::Agent(_) | What::Rca(_) => panic!("not a passthrough bench"),
+            What::Agent(_) | What::Rca(_) | What::IngestNodes(_) => {
+                panic!("not a passthrough bench")
+            }
         };
         assert!(pass(&["codec"]).is_empty());
         assert_eq!(
@@ -159,6 +168,19 @@ mod tests {
             ["--sample-size", "10"]
         );
         assert_eq!(pass(&["detect", "--seed", "3"]), ["--seed", "3"]);
+    }
+
+    #[test]
+    fn ingest_nodes_options_parse() {
+        let What::IngestNodes(args) =
+            bench(&["ingest-nodes", "--nodes", "10,1000", "--", "--no-probe"])
+        else {
+            panic!("not the ingest-nodes bench");
+        };
+        assert_eq!(args.nodes, [10, 1000]);
+        assert_eq!(args.secs, 30);
+        assert_eq!(args.modes, ["realtime", "max"]);
+        assert_eq!(args.args, ["--no-probe"]);
     }
 
     #[test]
