@@ -63,6 +63,9 @@ struct RunArgs {
     /// Use the binaries already built in target/release (no cargo build).
     #[arg(long)]
     no_build: bool,
+    /// Take aggregator, node-agent and scenario-service from this directory (no build).
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
@@ -76,7 +79,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             let scenario = Scenario::load(&a.file)?;
             require_root()?;
             catch_stop_signals()?;
-            let bins = if a.no_build {
+            let bins = if let Some(dir) = &a.bin_dir {
+                Bins::locate_in(dir)?
+            } else if a.no_build {
                 Bins::locate()?
             } else {
                 Bins::build()?
@@ -156,7 +161,11 @@ impl Bins {
     }
 
     pub fn locate() -> anyhow::Result<Bins> {
-        let dir = target_dir().join("release");
+        Bins::locate_in(&target_dir().join("release"))
+    }
+
+    /// The three binaries in `dir`.
+    pub fn locate_in(dir: &Path) -> anyhow::Result<Bins> {
         let bins = Bins {
             aggregator: dir.join("aggregator"),
             agent: dir.join("node-agent"),
