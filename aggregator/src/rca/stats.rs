@@ -1,0 +1,195 @@
+//! Robust statistics for the RCA engine: quantiles by selection (O(n)), a short median
+//! filter, single change points by standardized mean shift, sliding minima. All of it
+//! works on finite `f64` slices (the scorer drops non-finite values first).
+
+use std::collections::VecDeque;
+
+/// Quantiles `qs` (each in `[0, 1]`, ascending) of `xs`, using `scratch` as the work
+/// buffer. Linear interpolation between order statistics. `xs` must be non-empty.
+pub fn quantiles<const N: usize>(xs: &[f64], qs: [f64; N], scratch: &mut Vec<f64>) -> [f64; N] {
+    scratch.clear();
+    scratch.extend_from_slice(xs);
+    let mut out = [0.0; N];
+    if scratch.is_empty() {
+        return out;
+    }
+    let n = scratch.len();
+    // Select from the highest quantile down: each selection leaves everything below
+    // its pivot in the prefix, so later (lower) selections work on a shrinking slice.
+    let mut hi = n;
+    for (i, q) in qs.iter().enumerate().rev() {
+        let pos = q.clamp(0.0, 1.0) * (n - 1) as f64;
+        let lo_idx = pos.floor() as usize;
+        let frac = pos - lo_idx as f64;
+        let lo_idx = lo_idx.min(n - 1);
+        let end = hi.max(lo_idx + 1).min(n);
+        let lo_val = *scratch[..end]
+            .select_nth_unstable_by(lo_idx, f64::total_cmp)
+            .1;
+        let v = if frac > 0.0 && lo_idx + 1 < n {
+            // The next order statistic is the minimum of everything above the pivot
+            // (what lies past `end` is above an earlier, higher pivot).
+            let next = scratch[lo_idx + 1..]
+                .iter()
+                .copied()
+                .fold(f64::INFINITY, f64::min);
+            lo_val + frac * (next - lo_val)
+        } else {
+            lo_val
+        };
+        out[i] = v;
+        hi = lo_idx + 1;
+    }
+    out
+}
+
+/// Median of `xs` (0 for an empty slice).
+pub fn median(xs: &[f64], scratch: &mut Vec<f64>) -> f64 {
+    quantiles(xs, [0.5], scratch)[0]
+}
+
+/// Running median over a centred window of 5 (3 at the edges): removes spikes of one
+/// or two points before change-point detection while keeping steps sharp.
+pub fn median5(xs: &[f64], out: &mut Vec<f64>) {
+    out.clear();
+    let n = xs.len();
+    for i in 0..n {
+        let lo = i.saturating_sub(2);
+        let hi = (i + 3).min(n);
+        let mut w = [0.0f64; 5];
+        let k = hi - lo;
+        w[..k].copy_from_slice(&xs[lo..hi]);
+        let w = &mut w[..k];
+        w.sort_unstable_by(f64::total_cmp);
+        out.push(w[k / 2]);
+    }
+}
+
+/// Noise sigma from first differences: MAD(diff) * 1.4826 / sqrt(2). Differences
+/// cancel level shifts, so a step does not inflate the estimate the way a plain
+/// standard deviation would.
+pub fn diff_sigma(xs: &[f64], scratch: &mut Vec<f64>, scratch2: &mut Vec<f64>) -> f64 {
+    if xs.len() < 3 {
+        return 0.0;
+    }
+    scratch2.clear();
+    scratch2.extend(xs.windows(2).map(|w| w[1] - w[0]));
+    let med = median(scratch2, scratch);
+    for d in scratch2.iter_mut() {
+        *d = (*d - med).abs();
+    }
+    median(scratch2, scratch) * 1.4826 / std::f64::consts::SQRT_2
+}
+
+/// The best single mean-shift change point in `ys[lo..hi]`: returns
+/// `(index, statistic, shift)` where the statistic is
+/// `|mean(left) - mean(right)| * sqrt(k (n - k) / n) / sigma` and `shift` is the mean
+/// difference in sigmas. `prefix[i]` is the sum of `ys[..i]`.
+pub fn best_split(
+    prefix: &[f64],
+    lo: usize,
+    hi: usize,
+    min_seg: usize,
+    sigma: f64,
+) -> Option<(usize, f64, f64)> {
+    let n = hi.checked_sub(lo)?;
+    if n < 2 * min_seg || sigma <= 0.0 {
+        return None;
+    }
+    let total = prefix[hi] - prefix[lo];
+    let nf = n as f64;
+    let mut best: Option<(usize, f64, f64)> = None;
+    for k in min_seg..=(n - min_seg) {
+        let left = prefix[lo + k] - prefix[lo];
+        let kf = k as f64;
+        let diff = left / kf - (total - left) / (nf - kf);
+        let stat = diff.abs() * (kf * (nf - kf) / nf).sqrt() / sigma;
+        if best.is_none_or(|(_, s, _)| stat > s) {
+            best = Some((lo + k, stat, diff.abs() / sigma));
+        }
+    }
+    best
+}
+
+/// Sliding minimum and maximum over windows of `w` consecutive values: element `i`
+/// describes `xs[i..i + w]`. O(n) with monotonic queues.
+pub fn sliding_min_max(xs: &[f64], w: usize, mins: &mut Vec<f64>, maxs: &mut Vec<f64>) {
+    mins.clear();
+    maxs.clear();
+    let w = w.max(1);
+    if xs.len() < w {
+        return;
+    }
+    let mut qmin: VecDeque<usize> = VecDeque::with_capacity(w + 1);
+    let mut qmax: VecDeque<usize> = VecDeque::with_capacity(w + 1);
+    for (i, &x) in xs.iter().enumerate() {
+        while qmin.back().is_some_and(|&j| xs[j] >= x) {
+            qmin.pop_back();
+        }
+        qmin.push_back(i);
+        while qmax.back().is_some_and(|&j| xs[j] <= x) {
+            qmax.pop_back();
+        }
+        qmax.push_back(i);
+        if i + 1 >= w {
+            let start = i + 1 - w;
+            while qmin.front().is_some_and(|&j| j < start) {
+                qmin.pop_front();
+            }
+            while qmax.front().is_some_and(|&j| j < start) {
+                qmax.pop_front();
+            }
+            if let (Some(&a), Some(&b)) = (qmin.front(), qmax.front()) {
+                mins.push(xs[a]);
+                maxs.push(xs[b]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_match_sorting() {
+        let xs: Vec<f64> = (0..101).rev().map(f64::from).collect();
+        let mut s = Vec::new();
+        assert_eq!(
+            quantiles(&xs, [0.25, 0.5, 0.75], &mut s),
+            [25.0, 50.0, 75.0]
+        );
+        let ys = [1.0, 2.0, 3.0, 4.0];
+        assert_eq!(quantiles(&ys, [0.25, 0.5, 0.75], &mut s), [1.75, 2.5, 3.25]);
+        assert_eq!(median(&[7.0], &mut s), 7.0);
+    }
+
+    #[test]
+    fn sliding_windows() {
+        let xs = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0];
+        let (mut mn, mut mx) = (Vec::new(), Vec::new());
+        sliding_min_max(&xs, 3, &mut mn, &mut mx);
+        assert_eq!(mn, [1.0, 1.0, 1.0, 1.0]);
+        assert_eq!(mx, [4.0, 4.0, 5.0, 9.0]);
+    }
+
+    #[test]
+    fn median5_removes_spike() {
+        let xs = [1.0, 1.0, 1.0, 100.0, 1.0, 1.0, 1.0];
+        let mut out = Vec::new();
+        median5(&xs, &mut out);
+        assert!(out.iter().all(|&v| v == 1.0));
+    }
+
+    #[test]
+    fn split_finds_step() {
+        let ys: Vec<f64> = (0..100).map(|i| if i < 60 { 0.0 } else { 10.0 }).collect();
+        let mut prefix = vec![0.0];
+        for y in &ys {
+            prefix.push(prefix.last().copied().unwrap_or(0.0) + y);
+        }
+        let (k, stat, shift) = best_split(&prefix, 0, 100, 5, 1.0).expect("split");
+        assert_eq!(k, 60);
+        assert!(stat > 40.0 && (shift - 10.0).abs() < 1e-9);
+    }
+}
