@@ -117,6 +117,11 @@ struct RunArgs {
     /// Most cgroups with their own series.
     #[arg(long, default_value_t = 512)]
     max_cgroups: usize,
+    /// Watch only this cgroup subtree (relative to the cgroup root, e.g. `ado-scenario/n1`):
+    /// processes, cgroups and eBPF events outside it are left out, host-wide totals stay.
+    /// For several agents sharing one kernel (the scenario harness, docs/scenarios.md).
+    #[arg(long, value_name = "PATH")]
+    scope_cgroup: Option<String>,
     /// Do not load the eBPF collectors.
     #[arg(long)]
     no_ebpf: bool,
@@ -176,6 +181,7 @@ fn main() -> anyhow::Result<()> {
             cgroup_root: args.cgroup_root,
             max_processes: args.max_processes,
             max_cgroups: args.max_cgroups,
+            scope_cgroup: args.scope_cgroup,
         },
         drain_grace: Duration::from_secs(args.drain_grace_secs),
         detect: if args.no_detect {

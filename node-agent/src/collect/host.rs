@@ -1406,6 +1406,7 @@ full avg10=0.00 avg60=0.00 avg300=0.00 total=0
             cgroup_root: tree.path("cgroup"),
             max_processes: 16,
             max_cgroups: 16,
+            scope_cgroup: None,
         }
     }
 

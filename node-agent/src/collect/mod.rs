@@ -42,6 +42,10 @@ pub struct CollectConfig {
     pub max_processes: usize,
     /// At most this many cgroups get series (breadth first from the root).
     pub max_cgroups: usize,
+    /// Only this cgroup subtree (path relative to the cgroup root, e.g. `ado-scenario/n1`):
+    /// processes, cgroups and eBPF events outside it are left out; host-wide totals stay.
+    /// For several "nodes" sharing one kernel (the scenario harness). `None`: everything.
+    pub scope_cgroup: Option<String>,
 }
 
 impl Default for CollectConfig {
@@ -52,8 +56,26 @@ impl Default for CollectConfig {
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             max_processes: 512,
             max_cgroups: 512,
+            scope_cgroup: None,
         }
     }
+}
+
+/// `--scope-cgroup` as given (`/ado-scenario/n1/`, `ado-scenario/n1`) → the relative form
+/// the collectors compare with (`ado-scenario/n1`); `None` for empty or `/` (no scoping).
+pub fn normalize_scope(raw: &str) -> Option<String> {
+    let rel = raw.trim().trim_matches('/');
+    (!rel.is_empty()).then(|| rel.to_string())
+}
+
+/// Whether a cgroup (relative path, `None` or `""` for the root) is `scope` or below it.
+/// Component-wise: scope `a/n1` holds `a/n1` and `a/n1/x`, not `a/n10`.
+pub fn in_scope(scope: &str, cgroup: Option<&str>) -> bool {
+    let Some(path) = cgroup.map(|c| c.trim_matches('/')) else {
+        return false;
+    };
+    path.strip_prefix(scope)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// One source of samples, called once per tick from a single thread.
@@ -290,6 +312,23 @@ mod tests {
         assert_eq!(per_s(100, 300, 2.0), Some(100.0));
         assert_eq!(per_s(300, 100, 2.0), None);
         assert_eq!(per_s(1, 2, 0.0), None);
+    }
+
+    #[test]
+    fn scope_matches_whole_components_only() {
+        assert_eq!(
+            normalize_scope("/ado-scenario/n1/"),
+            Some("ado-scenario/n1".into())
+        );
+        assert_eq!(normalize_scope(" / "), None);
+        let scope = "ado-scenario/n1";
+        assert!(in_scope(scope, Some("ado-scenario/n1")));
+        assert!(in_scope(scope, Some("ado-scenario/n1/frontend")));
+        assert!(in_scope(scope, Some("/ado-scenario/n1/frontend/")));
+        assert!(!in_scope(scope, Some("ado-scenario/n10/frontend")));
+        assert!(!in_scope(scope, Some("ado-scenario")));
+        assert!(!in_scope(scope, Some("")));
+        assert!(!in_scope(scope, None));
     }
 
     #[test]

@@ -223,6 +223,8 @@ pub struct ProcessCollector {
     pids: HashMap<u32, PidState>,
     kthreads: HashMap<u32, KthreadSeen>,
     candidates: Vec<Candidate>,
+    /// `--scope-cgroup`: only processes whose cgroup is this subtree get series.
+    scope: Option<String>,
 }
 
 impl ProcessCollector {
@@ -247,6 +249,7 @@ impl ProcessCollector {
             pids: HashMap::new(),
             kthreads: HashMap::new(),
             candidates: Vec::new(),
+            scope: cfg.scope_cgroup.as_deref().and_then(super::normalize_scope),
         }
     }
 
@@ -374,12 +377,27 @@ impl ProcessCollector {
                 per_s(prev_ticks, cpu_ticks, dt_s).map(|r| round2(r * 100.0 / self.clk_tck))
             });
             state.prev_cpu = Some((mono, cpu_ticks));
-            self.candidates.push(Candidate {
+            let cand = Candidate {
                 pid,
                 cpu_pct,
                 rss_bytes: st.rss_pages.saturating_mul(self.page_size),
                 threads: st.num_threads,
-            });
+            };
+            // Scoped (`--scope-cgroup`): the cgroup is needed before ranking, so it is read
+            // here (once per process, again after an exec) instead of lazily in `emit`.
+            if let Some(scope) = &self.scope {
+                if state.cgroup.is_none() {
+                    let path = set_path(&mut self.scratch, &self.proc_root, &[name, "cgroup"]);
+                    state.cgroup = Some(match read_file(&mut self.buf, path) {
+                        Ok(()) => parse_pid_cgroup(&self.buf).map(label_value),
+                        Err(_) => None,
+                    });
+                }
+                if !super::in_scope(scope, state.cgroup.as_ref().and_then(|c| c.as_deref())) {
+                    continue;
+                }
+            }
+            self.candidates.push(cand);
         }
         self.pids.retain(|_, s| s.generation == generation);
         self.kthreads.retain(|_, k| k.seen_at == generation);
@@ -662,6 +680,7 @@ mod tests {
             cgroup_root: tree.path("cgroup"),
             max_processes,
             max_cgroups: 16,
+            scope_cgroup: None,
         }
     }
 
@@ -870,6 +889,37 @@ mod tests {
             !v.contains_key(&("process/32", "proc.read_bytes_per_s")),
             "no io file"
         );
+    }
+
+    #[test]
+    fn scope_keeps_only_processes_in_the_subtree() {
+        let tree = TempTree::new("proc-scope");
+        for pid in [40u32, 41, 42, 43] {
+            write_proc(
+                &tree,
+                pid,
+                &stat_line(pid, "svc", 'S', 0, (1, 1), 10, 5),
+                None,
+                0,
+            );
+        }
+        tree.write("proc/41/cgroup", "0::/ado-scenario/n1/frontend\n");
+        tree.write("proc/42/cgroup", "0::/ado-scenario/n10/frontend\n");
+        // v1 hybrid host: the unified line is the root, the systemd one names the cgroup.
+        tree.write("proc/43/cgroup", "1:name=systemd:/ado-scenario/n1\n0::/\n");
+        let mut c = ProcessCollector::new(&CollectConfig {
+            scope_cgroup: Some("/ado-scenario/n1/".into()),
+            ..cfg(&tree, 16)
+        });
+        let mut out = Vec::new();
+        c.collect(Instant::now(), &mut out).unwrap();
+        let v = values(&out);
+        assert!(v.contains_key(&("process/41", "proc.rss_bytes")));
+        assert!(v.contains_key(&("process/43", "proc.rss_bytes")));
+        assert!(!v.contains_key(&("process/40", "proc.rss_bytes")));
+        assert!(!v.contains_key(&("process/42", "proc.rss_bytes")));
+        // Host-wide counts are not scoped.
+        assert_eq!(v.get(&("host", "proc.count")), Some(&4.0));
     }
 
     #[test]

@@ -95,6 +95,7 @@ fn build(
         }),
         cgroups: Mutex::new(CgroupPaths::new(&cfg.cgroup_root)),
         proc_root: cfg.proc_root.clone(),
+        scope: cfg.scope_cgroup.as_deref().and_then(super::normalize_scope),
         wall_offset_ns: wall_minus_monotonic_ns(),
         object: Mutex::new(None),
     });
@@ -192,6 +193,8 @@ struct Shared {
     drops: Mutex<DropCounter>,
     cgroups: Mutex<CgroupPaths>,
     proc_root: PathBuf,
+    /// `--scope-cgroup`: events and per-cgroup series outside this subtree are dropped.
+    scope: Option<String>,
     wall_offset_ns: i64,
     object: Mutex<Option<Ebpf>>,
 }
@@ -222,6 +225,11 @@ impl Shared {
                 })
             });
         from_proc.or(resolved)
+    }
+
+    /// Whether a record attributed to `cgroup` is kept under `--scope-cgroup`.
+    fn keeps(&self, cgroup: Option<&CgroupInfo>) -> bool {
+        scope_keeps(self.scope.as_deref(), cgroup)
     }
 
     fn wall_ms(&self, ts_ns: u64) -> i64 {
@@ -259,6 +267,15 @@ impl Shared {
             ));
         }
         Ok(())
+    }
+}
+
+/// The scoping rule of [`Shared::keeps`]: no scope keeps everything; with one, only records
+/// whose cgroup resolved to a path in the subtree (an unresolved cgroup is dropped).
+fn scope_keeps(scope: Option<&str>, cgroup: Option<&CgroupInfo>) -> bool {
+    match scope {
+        None => true,
+        Some(scope) => super::in_scope(scope, cgroup.map(|c| c.path.as_str())),
     }
 }
 
@@ -321,6 +338,9 @@ impl Collector for EventsCollector {
                 continue;
             };
             let cgroup = shared.cgroup(rec.cgroup_id(), rec.pid(), mono);
+            if !shared.keeps(cgroup.as_ref()) {
+                continue;
+            }
             self.pending.push(events::to_event(
                 &rec,
                 shared.wall_ms(rec.ts_ns()),
@@ -447,6 +467,9 @@ impl Collector for RunqCollector {
                 };
                 let shared = &self.base.shared;
                 let info = shared.cgroup(cgroup_id, 0, mono);
+                if !shared.keeps(info.as_ref()) {
+                    continue;
+                }
                 let mut key = SeriesKey::new(
                     match &info {
                         Some(c) => format!("cgroup/{}", c.path),
@@ -532,5 +555,29 @@ impl Collector for BioCollector {
             }
         }
         self.base.shared.report_drops(&self.base.drop_reasons, out)
+    }
+}
+
+#[cfg(test)]
+mod scope_tests {
+    use super::*;
+
+    fn info(path: &str) -> CgroupInfo {
+        CgroupInfo {
+            attribution: attribute(path),
+            path: path.to_string(),
+        }
+    }
+
+    #[test]
+    fn scope_filters_records_by_cgroup_path() {
+        let web = info("ado-scenario/n1/web");
+        let other = info("ado-scenario/n2/web");
+        assert!(scope_keeps(None, Some(&other)));
+        assert!(scope_keeps(None, None));
+        assert!(scope_keeps(Some("ado-scenario/n1"), Some(&web)));
+        assert!(!scope_keeps(Some("ado-scenario/n1"), Some(&other)));
+        assert!(!scope_keeps(Some("ado-scenario/n1"), Some(&info(""))));
+        assert!(!scope_keeps(Some("ado-scenario/n1"), None));
     }
 }
