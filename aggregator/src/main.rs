@@ -27,6 +27,27 @@ struct Cli {
 enum Command {
     /// Run the aggregator.
     Serve(ServeArgs),
+    /// Offline root-cause ranking from CSV files (docs/rca.md). Exit code 2 on bad input.
+    Rca(RcaArgs),
+}
+
+#[derive(Parser)]
+struct RcaArgs {
+    /// Wide CSV: `timestamp` then one column per series, named `component:metric`.
+    #[arg(long)]
+    series: PathBuf,
+    /// Call graph CSV: `caller,callee` lines (optional header).
+    #[arg(long)]
+    graph: Option<PathBuf>,
+    /// Start of the incident window (unix s or ms, or RFC 3339); default: detected.
+    #[arg(long)]
+    from: Option<String>,
+    /// End of the incident window; default: the end of the data.
+    #[arg(long)]
+    to: Option<String>,
+    /// Where to write the ranking (JSON).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Parser)]
@@ -70,12 +91,82 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
+    let args = match cli.command {
+        Command::Serve(args) => args,
+        Command::Rca(args) => {
+            // Bad input is the user's to fix: a clear message and exit code 2, like
+            // clap's own usage errors, and no output file.
+            if let Err(e) = rca_offline(&args) {
+                eprintln!("aggregator rca: {e:#}");
+                std::process::exit(2);
+            }
+            return Ok(());
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
+    runtime.block_on(serve(args))
+}
+
+/// `aggregator rca`: the same engine as the online path, fed from CSV files.
+fn rca_offline(args: &RcaArgs) -> anyhow::Result<()> {
+    use aggregator::rca;
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+    };
+    let series = rca::parse_wide_csv(&read(&args.series)?)
+        .with_context(|| format!("{}", args.series.display()))?;
+    let edges = match &args.graph {
+        Some(p) => rca::parse_edges_csv(&read(p)?).with_context(|| format!("{}", p.display()))?,
+        None => Vec::new(),
+    };
+    let ts =
+        |flag: &str, v: &str| rca::parse_timestamp(v).with_context(|| format!("--{flag} {v:?}"));
+    let window = match (&args.from, &args.to) {
+        (None, None) => None,
+        (None, Some(_)) => anyhow::bail!("--to needs --from"),
+        (Some(from), to) => {
+            let from = ts("from", from)?;
+            let to = match to {
+                Some(t) => ts("to", t)?,
+                None => series
+                    .iter()
+                    .filter_map(|s| s.points.last().map(|p| p.0))
+                    .max()
+                    .unwrap_or(from),
+            };
+            anyhow::ensure!(from <= to, "--from is after --to");
+            Some((from, to))
+        }
+    };
+    let input = rca::RcaInput {
+        series,
+        edges,
+        window,
+        events: Vec::new(),
+    };
+    let ranking = rca::rank(&input, &rca::RcaConfig::default());
+    let json = serde_json::to_vec_pretty(&ranking)?;
+    // Write beside the target and rename, so a reader never sees half a file.
+    let tmp = args.out.with_extension("json.tmp");
+    std::fs::write(&tmp, &json).with_context(|| format!("cannot write {}", tmp.display()))?;
+    if let Err(e) = std::fs::rename(&tmp, &args.out) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", args.out.display()));
     }
+    match ranking.ranking.first() {
+        Some(c) => println!(
+            "{}: {} ({}, score {:.2}) of {} components",
+            args.out.display(),
+            c.target,
+            c.kind,
+            c.score,
+            ranking.components_considered
+        ),
+        None => println!("{}: no anomaly found", args.out.display()),
+    }
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
