@@ -24,6 +24,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once at start: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Sample this host and ship to the aggregator.
     Run(RunArgs),
@@ -134,6 +136,20 @@ struct RunArgs {
     /// Most series with detector state (least recently updated evicted past it).
     #[arg(long, default_value_t = 20_000)]
     max_detected_series: usize,
+    /// Directory scanned for container logs (repeatable): the pods layout
+    /// `<ns>_<pod>_<uid>/<container>/<n>.log`, `/var/log/containers` links, or any `*.log`.
+    /// Defaults to /var/log/pods and /var/log/containers; `none` scans nothing.
+    #[arg(long, value_name = "DIR")]
+    log_dir: Vec<PathBuf>,
+    /// Plain log file to follow as well (repeatable), whether it exists yet or not.
+    #[arg(long, value_name = "PATH")]
+    log_file: Vec<PathBuf>,
+    /// Log tailing and mining settings (JSON, see docs/detection.md).
+    #[arg(long, value_name = "FILE")]
+    log_config: Option<PathBuf>,
+    /// Do not tail or mine any logs.
+    #[arg(long)]
+    no_logs: bool,
     /// Seconds to keep delivering after SIGTERM.
     #[arg(long, default_value_t = 10)]
     drain_grace_secs: u64,
@@ -158,6 +174,7 @@ fn main() -> anyhow::Result<()> {
         args.batch_secs >= args.interval_secs,
         "--batch-secs must be at least --interval-secs"
     );
+    let logs = log_inputs(&args)?;
     let node = match args.node {
         Some(n) => n,
         None => hostname()?,
@@ -191,12 +208,46 @@ fn main() -> anyhow::Result<()> {
         },
         max_detected_series: args.max_detected_series,
         ebpf: !args.no_ebpf,
+        logs,
     };
     // One thread is plenty for a 1 s loop and one connection, and keeps the agent light.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(node_agent::run::run(cfg, wait_for_signal()))
+}
+
+/// The log collector's inputs from the flags; `None` with `--no-logs`. Logs are reported
+/// once per batch, so an interval's records leave in the batch closed on the same tick.
+fn log_inputs(args: &RunArgs) -> anyhow::Result<Option<logs::LogInputs>> {
+    if args.no_logs {
+        return Ok(None);
+    }
+    let cfg: logs::LogConfig = match &args.log_config {
+        Some(path) => read_json(path)?,
+        None => logs::LogConfig::default(),
+    };
+    cfg.validate()
+        .with_context(|| "invalid log config (--log-config)")?;
+    let dirs = if args.log_dir.is_empty() {
+        vec![
+            PathBuf::from("/var/log/pods"),
+            PathBuf::from("/var/log/containers"),
+        ]
+    } else {
+        args.log_dir
+            .iter()
+            .filter(|d| d.as_os_str() != "none")
+            .cloned()
+            .collect()
+    };
+    Ok(Some(logs::LogInputs {
+        dirs,
+        files: args.log_file.clone(),
+        interval: Duration::from_secs_f64(args.batch_secs),
+        tick: Duration::from_secs_f64(args.interval_secs),
+        cfg,
+    }))
 }
 
 async fn wait_for_signal() {

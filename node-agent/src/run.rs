@@ -59,6 +59,8 @@ pub struct AgentConfig {
     pub max_detected_series: usize,
     /// Load the eBPF collectors (process, TCP, run queue, block I/O).
     pub ebpf: bool,
+    /// Log tailing and mining (`None`: no logs).
+    pub logs: Option<crate::logs::LogInputs>,
 }
 
 /// Runs the agent until `stop` resolves, then drains and returns.
@@ -73,6 +75,10 @@ pub async fn run(
     } else {
         collect::default_collectors(&cfg.collect)
     };
+    if let Some(inputs) = &cfg.logs {
+        let logs = collect::LogCollector::new(inputs.clone(), metrics.clone());
+        collectors.push(Box::new(logs));
+    }
     for c in &collectors {
         metrics.collector_up.with_label_values(&[c.name()]).set(1);
     }

@@ -59,6 +59,27 @@ pub struct AgentMetrics {
     pub process_cpu_seconds: prometheus::Gauge,
     /// Agent resident memory, bytes.
     pub process_rss_bytes: IntGauge,
+    /// Log files followed now.
+    pub log_files_followed: IntGauge,
+    /// Log files found but not followed because of the file limit.
+    pub log_files_over_limit: IntGauge,
+    /// Log sources (containers, files) with an analyzer.
+    pub log_sources: IntGauge,
+    /// Log templates kept over all sources.
+    pub log_templates: IntGauge,
+    /// Log templates evicted by the per-source bound.
+    pub log_templates_evicted: IntCounter,
+    /// Physical log lines read.
+    pub log_lines_read: IntCounter,
+    /// Log bytes read.
+    pub log_bytes_read: IntCounter,
+    /// Log lines dropped whole or in part, by reason (`too_long`: cut to the maximum
+    /// length; `over_budget`: `log.template.new` events past the per-interval limit).
+    pub log_lines_dropped: IntCounterVec,
+    /// Log bytes jumped over by readers lagging past their limit.
+    pub log_bytes_skipped: IntCounter,
+    /// Log anomalies reported, by kind (`new_template`, `error_burst`).
+    pub log_anomalies: IntCounterVec,
 }
 
 impl AgentMetrics {
@@ -171,6 +192,52 @@ impl AgentMetrics {
             process_rss_bytes: reg!(IntGauge::new(
                 "agent_process_resident_bytes",
                 "Agent resident memory."
+            )),
+            log_files_followed: reg!(IntGauge::new(
+                "agent_log_files_followed",
+                "Log files followed."
+            )),
+            log_files_over_limit: reg!(IntGauge::new(
+                "agent_log_files_over_limit",
+                "Log files found at the last scan but not followed (file limit)."
+            )),
+            log_sources: reg!(IntGauge::new(
+                "agent_log_sources",
+                "Log sources (containers, files) being mined."
+            )),
+            log_templates: reg!(IntGauge::new(
+                "agent_log_templates",
+                "Log templates kept, over all sources."
+            )),
+            log_templates_evicted: reg!(IntCounter::new(
+                "agent_log_templates_evicted_total",
+                "Log templates evicted by the per-source template limit."
+            )),
+            log_lines_read: reg!(IntCounter::new(
+                "agent_log_lines_read_total",
+                "Physical log lines read."
+            )),
+            log_bytes_read: reg!(IntCounter::new(
+                "agent_log_bytes_read_total",
+                "Log bytes read."
+            )),
+            log_lines_dropped: reg!(IntCounterVec::new(
+                Opts::new(
+                    "agent_log_lines_dropped_total",
+                    "Log lines lost whole or in part: too_long (cut to the maximum length), over_budget (new-template events past the per-interval limit)."
+                ),
+                &["reason"]
+            )),
+            log_bytes_skipped: reg!(IntCounter::new(
+                "agent_log_bytes_skipped_total",
+                "Log bytes jumped over because a reader lagged past its limit."
+            )),
+            log_anomalies: reg!(IntCounterVec::new(
+                Opts::new(
+                    "agent_log_anomalies_total",
+                    "Log anomalies reported, by kind."
+                ),
+                &["kind"]
             )),
             registry,
         }

@@ -23,10 +23,12 @@ use common::model::{Event, SeriesKey};
 pub mod cgroup;
 pub mod ebpf;
 pub mod host;
+pub mod logs;
 pub mod process;
 
 pub use cgroup::CgroupCollector;
 pub use host::HostCollector;
+pub use logs::LogCollector;
 pub use process::ProcessCollector;
 
 /// Where collectors read from; tests point these at fixture trees.

@@ -11,13 +11,20 @@
 //!   Traceback, `level=error`, klog `E0101`, ...) jumps above its learned per-interval rate:
 //!   a Poisson tail test against an exponentially weighted baseline, with a minimum count
 //!   and ratio, and no second report until an interval is calm again.
+//!
+//! The running agent also takes new-template anomalies as they happen
+//! ([`LogAnalyzer::take_anomalies`]) so they need not wait for the interval's end.
 
 use std::collections::HashMap;
 
+use serde::Deserialize;
+
 use super::miner::{MatchResult, MinerConfig, TemplateMiner};
 
-/// Analyzer settings.
-#[derive(Clone, Debug, PartialEq)]
+/// Analyzer settings. Read from JSON as the `analyzer` object of `node-agent run
+/// --log-config`; absent fields take their defaults, unknown fields are an error.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AnalyzerConfig {
     /// Template miner settings.
     pub miner: MinerConfig,
@@ -79,8 +86,14 @@ pub struct LogAnomaly {
     pub template: Option<String>,
     /// One readable sentence.
     pub explanation: String,
-    /// Example lines.
+    /// Example lines (the new template's first line, or the burst's first error lines).
     pub samples: Vec<String>,
+    /// What was seen: 1 line of the new template, or the interval's error-level lines.
+    pub value: f64,
+    /// What was expected: 0 lines of an unknown template, or the baseline error count.
+    pub expected: f64,
+    /// Largest unremarkable value: 0 for a new template, the burst threshold for errors.
+    pub upper: f64,
 }
 
 /// Lines of one template in an interval.
@@ -139,7 +152,9 @@ pub struct LogAnalyzer {
     samples: HashMap<u64, Vec<String>>,
     lines: u64,
     error_lines: u64,
+    error_samples: Vec<String>,
     anomalies: Vec<LogAnomaly>,
+    new_anomalies: usize,
     suppressed: u64,
     error_rate: f64,
     intervals: u64,
@@ -160,7 +175,9 @@ impl LogAnalyzer {
             samples: HashMap::new(),
             lines: 0,
             error_lines: 0,
+            error_samples: Vec::new(),
             anomalies: Vec::new(),
+            new_anomalies: 0,
             suppressed: 0,
             error_rate: 0.0,
             intervals: 0,
@@ -181,6 +198,9 @@ impl LogAnalyzer {
         self.lines += 1;
         if is_error_line(line) {
             self.error_lines += 1;
+            if self.error_samples.len() < self.cfg.samples_per_template {
+                self.error_samples.push(cut(line, 1024).to_string());
+            }
         }
         *self.counts.entry(res.template_id).or_insert(0) += 1;
         if res.is_new && self.new_order.len() < self.cfg.max_sampled_templates {
@@ -193,12 +213,8 @@ impl LogAnalyzer {
             s.push(cut(line, 1024).to_string());
         }
         if res.is_new && self.lines_seen > self.cfg.new_template_grace_lines {
-            let n_new = self
-                .anomalies
-                .iter()
-                .filter(|a| a.kind == LogAnomalyKind::NewTemplate)
-                .count();
-            if n_new < self.cfg.max_new_template_anomalies {
+            if self.new_anomalies < self.cfg.max_new_template_anomalies {
+                self.new_anomalies += 1;
                 self.anomalies.push(LogAnomaly {
                     kind: LogAnomalyKind::NewTemplate,
                     ts_ms,
@@ -211,12 +227,21 @@ impl LogAnalyzer {
                         cut(&res.template, 200)
                     ),
                     samples: vec![cut(line, 1024).to_string()],
+                    value: 1.0,
+                    expected: 0.0,
+                    upper: 0.0,
                 });
             } else {
                 self.suppressed += 1;
             }
         }
         res
+    }
+
+    /// Takes the anomalies found so far in this interval (new templates; bursts are only
+    /// known at the interval's end), so they can be reported without waiting for it.
+    pub fn take_anomalies(&mut self) -> Vec<LogAnomaly> {
+        std::mem::take(&mut self.anomalies)
     }
 
     /// Closes the interval at `now_ms` and reports it.
@@ -262,6 +287,8 @@ impl LogAnalyzer {
         };
         self.lines = 0;
         self.error_lines = 0;
+        self.error_samples.clear();
+        self.new_anomalies = 0;
         report
     }
 
@@ -292,6 +319,11 @@ impl LogAnalyzer {
         self.intervals += 1;
         let report = burst && !self.in_burst;
         self.in_burst = burst;
+        // The smallest count that passes the ratio and minimum tests (the Poisson test
+        // may ask for more): what "unremarkable" ends at.
+        let upper = (self.cfg.burst_factor * base)
+            .max(self.cfg.burst_min_errors as f64)
+            .ceil();
         report.then(|| LogAnomaly {
             kind: LogAnomalyKind::ErrorBurst,
             ts_ms: now_ms,
@@ -302,7 +334,10 @@ impl LogAnalyzer {
                 "{} error-level lines in the interval against about {:.1} usually (Poisson tail probability {:.1e})",
                 self.error_lines, base, p
             ),
-            samples: Vec::new(),
+            samples: std::mem::take(&mut self.error_samples),
+            value: c,
+            expected: base,
+            upper,
         })
     }
 }

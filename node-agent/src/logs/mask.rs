@@ -170,8 +170,7 @@ fn mask_core(core: &str) -> Cow<'_, str> {
 fn drop_signs(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut prev: Option<char> = None;
-    let mut chars = s.char_indices().peekable();
-    while let Some((i, c)) = chars.next() {
+    for (i, c) in s.char_indices() {
         let sign = c == '-'
             && s[i + 1..].starts_with(WILDCARD)
             && !prev.is_some_and(|p| p.is_ascii_alphanumeric());

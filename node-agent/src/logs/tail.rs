@@ -10,7 +10,10 @@
 //! - rename + recreate (logrotate's default, kubelet's container log rotation): at the end
 //!   of the old file, if the path now names another inode, the old file is finished
 //!   (including a last line without newline) and the new one read from its start;
-//! - a path that does not exist (yet, or between rename and recreate): nothing to read.
+//! - a path that does not exist (yet, or between rename and recreate): nothing to read;
+//! - a writer faster than we read: once more than `max_lag_bytes` wait unread, the
+//!   tailer jumps to the end of the file (counted in `skipped_bytes`) rather than fall
+//!   further and further behind.
 //!
 //! It does IO but holds no clock and spawns nothing: the caller decides when to poll.
 //! [`TailSet`] bounds the number of files followed.
@@ -30,6 +33,8 @@ pub struct TailConfig {
     /// Read a file that exists at the first poll from its start (else from its end, like
     /// `tail -f`). Files that appear later, or after a rotation, are always read from 0.
     pub from_start: bool,
+    /// Unread bytes past which the tailer skips to the end of the file (0: never).
+    pub max_lag_bytes: u64,
 }
 
 impl Default for TailConfig {
@@ -38,6 +43,7 @@ impl Default for TailConfig {
             max_bytes_per_poll: 1 << 20,
             max_line_len: 16 * 1024,
             from_start: false,
+            max_lag_bytes: 0,
         }
     }
 }
@@ -55,6 +61,10 @@ pub struct TailStats {
     pub bytes_read: u64,
     /// Lines emitted.
     pub lines: u64,
+    /// Bytes jumped over because the reader lagged more than `max_lag_bytes`.
+    pub skipped_bytes: u64,
+    /// Times the reader jumped.
+    pub skips: u64,
 }
 
 /// Follows one file path. See the module documentation.
@@ -105,25 +115,33 @@ impl FileTailer {
     /// many were appended. Errors other than "not found" are returned (the tailer stays
     /// usable; the next poll retries).
     pub fn poll(&mut self, out: &mut Vec<String>) -> io::Result<usize> {
+        self.poll_limited(out, self.cfg.max_bytes_per_poll)
+    }
+
+    /// [`FileTailer::poll`] reading at most `max_bytes` (and at most `max_bytes_per_poll`):
+    /// lets a caller share one byte budget between many files.
+    pub fn poll_limited(&mut self, out: &mut Vec<String>, max_bytes: usize) -> io::Result<usize> {
         let first = !self.polled;
         self.polled = true;
         let before = out.len();
         if self.file.is_none() && !self.open(!first || self.cfg.from_start)? {
             return Ok(0);
         }
-        let mut budget = self.cfg.max_bytes_per_poll.max(1);
+        let mut budget = self.cfg.max_bytes_per_poll.min(max_bytes).max(1);
         // A path rotated faster than we poll is followed at most a few hops per poll.
         for _ in 0..4 {
             let Some(file) = self.file.as_mut() else {
                 break;
             };
-            if file.metadata()?.len() < self.offset {
+            let len = file.metadata()?.len();
+            if len < self.offset {
                 file.seek(SeekFrom::Start(0))?;
                 self.offset = 0;
                 self.partial.clear();
                 self.discarding = false;
                 self.stats.truncations += 1;
             }
+            self.skip_if_lagging(len)?;
             self.read_available(&mut budget, out)?;
             if budget == 0 {
                 break;
@@ -162,6 +180,27 @@ impl FileTailer {
         self.partial.clear();
         self.discarding = false;
         Ok(true)
+    }
+
+    /// Jumps to the end when too much waits unread. The partial line in hand is dropped,
+    /// and so is the line the jump lands in, up to its newline: half lines would only
+    /// mine into junk templates.
+    fn skip_if_lagging(&mut self, len: u64) -> io::Result<()> {
+        let lag = len.saturating_sub(self.offset);
+        if self.cfg.max_lag_bytes == 0 || lag <= self.cfg.max_lag_bytes {
+            return Ok(());
+        }
+        let Some(file) = self.file.as_mut() else {
+            return Ok(());
+        };
+        file.seek(SeekFrom::Start(len))?;
+        self.offset = len;
+        self.partial.clear();
+        // Until the next newline we are in the middle of a line nobody will see whole.
+        self.discarding = true;
+        self.stats.skipped_bytes += lag;
+        self.stats.skips += 1;
+        Ok(())
     }
 
     fn read_available(&mut self, budget: &mut usize, out: &mut Vec<String>) -> io::Result<()> {

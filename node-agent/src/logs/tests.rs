@@ -3,6 +3,7 @@
 use std::io::Write;
 
 use super::formats::{Stream, flatten_json, parse_cri, parse_docker};
+use super::pipeline;
 use super::*;
 
 fn mine(lines: &[&str]) -> (Vec<MatchResult>, TemplateMiner) {
@@ -231,6 +232,7 @@ fn tailer_follows_appends_truncation_and_rotation() {
         max_bytes_per_poll: 1 << 20,
         max_line_len: 32,
         from_start: false,
+        max_lag_bytes: 0,
     };
     let mut t = FileTailer::new(&path, cfg);
     let mut out = Vec::new();
@@ -279,6 +281,7 @@ fn tailer_caps_bytes_per_poll_and_set_caps_files() {
         max_bytes_per_poll: 110,
         max_line_len: 64,
         from_start: true,
+        max_lag_bytes: 0,
     };
     let mut t = FileTailer::new(&path, cfg.clone());
     let mut out = Vec::new();
@@ -389,4 +392,445 @@ fn error_lines_are_recognised() {
     ] {
         assert!(!analyzer::is_error_line(l), "{l}");
     }
+}
+
+/// A unique scratch directory, removed on drop.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "scarlet-logs-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        Scratch(dir)
+    }
+
+    fn file(&self, rel: &str, data: &str) -> std::path::PathBuf {
+        let path = self.0.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("dir");
+        }
+        write(&path, data, true);
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const CID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+#[test]
+fn origins_come_from_kubelet_and_docker_paths() {
+    let o = Origin::from_pod_dir("shop_cart-7d9f_5f3c-11ee-9a1b", "server").expect("pod dir");
+    assert_eq!(o.entity, "log/pod/5f3c-11ee-9a1b/server");
+    assert_eq!(
+        o.labels(),
+        [
+            ("container".to_string(), "server".to_string()),
+            ("namespace".to_string(), "shop".to_string()),
+            ("pod".to_string(), "cart-7d9f".to_string()),
+        ]
+    );
+    assert!(
+        o.attrs()
+            .iter()
+            .any(|(k, v)| k == "pod_uid" && v == "5f3c-11ee-9a1b")
+    );
+    for bad in ["shop_cart", "a_b_c_d", "_pod_uid", "ns__uid"] {
+        assert!(Origin::from_pod_dir(bad, "c").is_none(), "{bad}");
+    }
+    let o = Origin::from_container_link(&format!("cart-7d9f_shop_server-{CID}.log"))
+        .expect("container link");
+    assert_eq!(o.entity, format!("log/container/{CID}"));
+    assert_eq!(o.namespace.as_deref(), Some("shop"));
+    assert_eq!(o.container.as_deref(), Some("server"));
+    assert!(Origin::from_container_link("pod_ns_c-nothex.log").is_none());
+    assert!(Origin::from_container_link("syslog.log").is_none());
+    assert!(Origin::from_docker(CID, &format!("{CID}-json.log")).is_some());
+    assert!(Origin::from_docker("abc", "abc-json.log").is_none());
+    let o = Origin::file(std::path::Path::new("/var/log/app.log"));
+    assert_eq!(o.entity, "log/file/var/log/app.log");
+    assert_eq!(o.path.as_deref(), Some("/var/log/app.log"));
+    assert!(o.labels().is_empty());
+}
+
+#[test]
+fn discovery_follows_each_file_once_and_skips_rotated_ones() {
+    let s = Scratch::new("discover");
+    let pod = s.file("pods/shop_cart_uid-1/server/0.log", "");
+    s.file("pods/shop_cart_uid-1/server/1.log", "");
+    s.file("pods/shop_cart_uid-1/server/0.log.20240101-000000", "");
+    s.file("pods/shop_cart_uid-1/server/0.log.20240101-000000.gz", "");
+    std::fs::create_dir_all(s.0.join("containers")).expect("dir");
+    // The kubelet's link into the pods layout: the same file, not followed twice.
+    std::os::unix::fs::symlink(
+        &pod,
+        s.0.join(format!("containers/cart_shop_server-{CID}.log")),
+    )
+    .expect("symlink");
+    let other = s.file(&format!("containers/web_shop_nginx-{}.log", &CID[..12]), "");
+    let docker = s.file(&format!("docker/{CID}/{CID}-json.log"), "");
+    let plain = s.file("docker/app.log", "");
+    let nested = s.file("docker/sub/dir/more/deep.log", "");
+    let dirs = [
+        s.0.join("pods"),
+        s.0.join("containers"),
+        s.0.join("docker"),
+        s.0.join("missing"),
+    ];
+    let found = discover::scan(&dirs, &Default::default(), 1000);
+    assert!(!found.incomplete);
+    let got: Vec<(String, String)> = found
+        .files
+        .iter()
+        .map(|(p, o)| {
+            let rel = p.strip_prefix(&s.0).expect("under scratch");
+            (rel.display().to_string(), o.entity.clone())
+        })
+        .collect();
+    let want = [
+        (
+            "pods/shop_cart_uid-1/server/0.log".to_string(),
+            "log/pod/uid-1/server".to_string(),
+        ),
+        (
+            "pods/shop_cart_uid-1/server/1.log".to_string(),
+            "log/pod/uid-1/server".to_string(),
+        ),
+        (
+            other.strip_prefix(&s.0).expect("rel").display().to_string(),
+            format!("log/container/{}", &CID[..12]),
+        ),
+        (
+            "docker/app.log".to_string(),
+            format!(
+                "log/file/{}",
+                plain.display().to_string().trim_start_matches('/')
+            ),
+        ),
+        (
+            docker
+                .strip_prefix(&s.0)
+                .expect("rel")
+                .display()
+                .to_string(),
+            format!("log/container/{CID}"),
+        ),
+    ];
+    let mut want = want.to_vec();
+    // Scan order is by name: the Docker id sorts before app.log.
+    want.swap(3, 4);
+    assert_eq!(got, want);
+    // Three levels deep at most.
+    assert!(!found.files.iter().any(|(p, _)| p == &nested));
+    // Excluded (a --log-file) and bounded walks.
+    let exclude = [std::fs::canonicalize(&pod).expect("canonical")]
+        .into_iter()
+        .collect();
+    let found = discover::scan(&dirs[..1], &exclude, 1000);
+    assert_eq!(found.files.len(), 1);
+    assert!(discover::scan(&dirs, &Default::default(), 3).incomplete);
+}
+
+#[test]
+fn tailer_jumps_ahead_when_lagging() {
+    let s = Scratch::new("lag");
+    let path = s.file("app.log", "");
+    let cfg = TailConfig {
+        max_bytes_per_poll: 1 << 20,
+        max_line_len: 64,
+        from_start: true,
+        max_lag_bytes: 100,
+    };
+    let mut t = FileTailer::new(&path, cfg);
+    let mut out = Vec::new();
+    t.poll(&mut out).expect("poll");
+    write(&path, &"old line\n".repeat(50), true);
+    t.poll(&mut out).expect("poll");
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!((t.stats().skips, t.stats().skipped_bytes), (1, 450));
+    // The line the jump landed in is skipped to its newline; then all is normal again.
+    write(&path, "tail of a line\nfresh\n", true);
+    t.poll(&mut out).expect("poll");
+    assert_eq!(out, ["fresh"]);
+}
+
+fn inputs(dirs: Vec<std::path::PathBuf>, files: Vec<std::path::PathBuf>) -> LogInputs {
+    let mut cfg = LogConfig::default();
+    cfg.analyzer.new_template_grace_lines = 20;
+    LogInputs {
+        dirs,
+        files,
+        interval: std::time::Duration::from_secs(2),
+        tick: std::time::Duration::from_secs(1),
+        cfg,
+    }
+}
+
+type Values = Vec<(common::model::SeriesKey, f64)>;
+
+fn value(values: &Values, metric: &str, template: Option<&str>) -> Option<f64> {
+    values
+        .iter()
+        .find(|(k, _)| {
+            k.metric == metric
+                && template.is_none_or(|t| k.labels.iter().any(|(n, v)| n == "template" && v == t))
+        })
+        .map(|(_, v)| *v)
+}
+
+#[test]
+fn interval_records_are_bounded_and_attributed() {
+    let origin = Origin::from_pod_dir("ns_pod_uid", "c").expect("origin");
+    let mut cfg = LogConfig {
+        max_template_series: 2,
+        ..LogConfig::default()
+    };
+    cfg.sample_bytes = 8;
+    let mut a = LogAnalyzer::new(AnalyzerConfig::default());
+    for i in 0..10 {
+        a.handle_line(1_000, &format!("GET /a {i}"));
+    }
+    for i in 0..5 {
+        a.handle_line(1_000, &format!("connection reset by peer {i}"));
+    }
+    a.handle_line(1_000, "ERROR boom");
+    a.handle_line(1_000, "WARN slow");
+    let report = a.poll_interval(2_000);
+    let (mut values, mut events) = (Vec::new(), Vec::new());
+    let mut budget = 2;
+    let dropped = pipeline::interval_records(
+        &origin,
+        &report,
+        a.miner().len(),
+        &cfg,
+        &mut budget,
+        &mut values,
+        &mut events,
+    );
+    assert_eq!(value(&values, "log.lines", None), Some(17.0));
+    assert_eq!(value(&values, "log.errors", None), Some(1.0));
+    assert_eq!(value(&values, "log.templates", None), Some(4.0));
+    assert_eq!(value(&values, "log.template.count", Some("1")), Some(10.0));
+    assert_eq!(value(&values, "log.template.count", Some("2")), Some(5.0));
+    assert_eq!(
+        value(&values, "log.template.count", Some("other")),
+        Some(2.0)
+    );
+    assert_eq!(values.len(), 6);
+    assert!(values.iter().all(|(k, _)| k.entity == "log/pod/uid/c"
+        && k.labels.iter().any(|(n, v)| n == "pod" && v == "pod")));
+    // Four new templates, budget for two.
+    assert_eq!((events.len(), dropped, budget), (2, 2, 0));
+    let e = &events[0];
+    assert_eq!(e.kind, "log.template.new");
+    let attr = |k: &str| {
+        e.attrs
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(attr("template_id"), Some("1"));
+    assert_eq!(attr("count"), Some("10"));
+    assert_eq!(attr("sample_1"), Some("GET /a 0"));
+    assert_eq!(attr("template"), Some("GET <*> "), "cut to sample_bytes");
+    assert_eq!(attr("namespace"), Some("ns"));
+    assert!(e.attrs.windows(2).all(|w| w[0].0 < w[1].0), "sorted attrs");
+}
+
+#[test]
+fn pipeline_tails_mines_and_reports_anomalies_per_source() {
+    use std::time::Duration;
+    let s = Scratch::new("pipeline");
+    let pods = s.0.join("pods");
+    let cri = |msg: &str| format!("2024-01-01T00:00:00.000000000Z stdout F {msg}\n");
+    let old = s.file(
+        "pods/shop_cart_uid-1/server/0.log",
+        &cri("history, never read"),
+    );
+    let plain = s.0.join("app.log");
+    let mut p = LogPipeline::new(inputs(vec![pods.clone()], vec![plain.clone()]));
+    let t0 = std::time::Instant::now();
+    let (mut values, mut events) = (Values::new(), Vec::new());
+    assert!(p.tick(t0, 1_000, &mut values, &mut events).is_empty());
+    assert_eq!(p.stats().files_followed, 2);
+    assert!(values.is_empty() && events.is_empty());
+
+    // Steady INFO lines in the container log, a plain file appearing later.
+    let mut text = String::new();
+    for i in 0..30 {
+        text.push_str(&cri(&format!("INFO served request {i} in {}ms", i % 7)));
+    }
+    write(&old, &text, true);
+    write(&plain, "hello from the app\n", true);
+    assert!(
+        p.tick(t0 + Duration::from_secs(1), 2_000, &mut values, &mut events)
+            .is_empty()
+    );
+    assert!(values.is_empty(), "interval not over yet");
+    assert!(
+        p.tick(t0 + Duration::from_secs(2), 3_000, &mut values, &mut events)
+            .is_empty()
+    );
+    let pod = "log/pod/uid-1/server";
+    let get = |values: &Values, entity: &str, metric: &str| {
+        values
+            .iter()
+            .find(|(k, _)| k.entity == entity && k.metric == metric)
+            .map(|(_, v)| *v)
+    };
+    assert_eq!(get(&values, pod, "log.lines"), Some(30.0));
+    assert_eq!(get(&values, pod, "log.errors"), Some(0.0));
+    let file_entity = format!(
+        "log/file/{}",
+        plain.display().to_string().trim_start_matches('/')
+    );
+    assert_eq!(
+        get(&values, &file_entity, "log.lines"),
+        Some(1.0),
+        "{values:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "log.template.new" && e.entity == pod)
+    );
+    assert!(!events.iter().any(|e| e.kind == "anomaly"), "{events:?}");
+    assert_eq!(p.stats().lines_read, 31);
+
+    // A new container appears (read from its start), and the first one bursts errors.
+    s.file("pods/shop_web_uid-2/nginx/0.log", &cri("started"));
+    let mut burst = String::new();
+    for i in 0..40 {
+        burst.push_str(&cri(&format!("ERROR lost connection to db-{i}: timeout")));
+    }
+    write(&old, &burst, true);
+    values.clear();
+    events.clear();
+    // Not yet rescanned (every 10 s): the new container waits; the new template of the
+    // burst is an anomaly at once, the burst itself when the interval closes.
+    p.tick(t0 + Duration::from_secs(3), 4_000, &mut values, &mut events);
+    let anomalies: Vec<_> = events.iter().filter(|e| e.kind == "anomaly").collect();
+    assert_eq!(anomalies.len(), 1, "{events:?}");
+    let attr = |e: &common::model::Event, k: &str| {
+        e.attrs
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(attr(anomalies[0], "detector"), "log.new_template");
+    assert_eq!(attr(anomalies[0], "metric"), "log.template.count");
+    assert_eq!(attr(anomalies[0], "pod_uid"), "uid-1");
+    assert!(
+        anomalies[0].message.contains("new log pattern"),
+        "{}",
+        anomalies[0].message
+    );
+    events.clear();
+    p.tick(t0 + Duration::from_secs(4), 5_000, &mut values, &mut events);
+    let burst: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == "anomaly" && attr(e, "detector") == "log.error_burst")
+        .collect();
+    assert_eq!(burst.len(), 1, "{events:?}");
+    let b = burst[0];
+    assert_eq!(
+        (b.entity.as_str(), attr(b, "metric").as_str()),
+        (pod, "log.errors")
+    );
+    assert_eq!(attr(b, "value"), "40");
+    assert!(attr(b, "labels").contains("pod=cart"), "{b:?}");
+    assert!(
+        b.message
+            .starts_with("log/pod/uid-1/server log.errors: 40 error-level lines")
+    );
+    assert!(b.message.contains("ERROR lost connection"), "{}", b.message);
+    assert_eq!(get(&values, pod, "log.errors"), Some(40.0));
+    values.clear();
+    p.tick(
+        t0 + Duration::from_secs(12),
+        6_000,
+        &mut values,
+        &mut events,
+    );
+    assert_eq!(
+        p.stats().files_followed,
+        3,
+        "rescan found the new container"
+    );
+    // Read from its start on the tick it was found (which also closed an interval).
+    assert_eq!(
+        get(&values, "log/pod/uid-2/nginx", "log.lines"),
+        Some(1.0),
+        "{values:?}"
+    );
+
+    // The container goes away: one more interval, then its source is dropped.
+    std::fs::remove_dir_all(s.0.join("pods/shop_web_uid-2")).expect("rm");
+    p.tick(
+        t0 + Duration::from_secs(24),
+        8_000,
+        &mut values,
+        &mut events,
+    );
+    assert_eq!(p.stats().files_followed, 2);
+    p.tick(
+        t0 + Duration::from_secs(26),
+        9_000,
+        &mut values,
+        &mut events,
+    );
+    assert_eq!(p.stats().sources, 2);
+}
+
+#[test]
+fn pipeline_survives_hostile_bytes_within_its_budgets() {
+    use std::time::Duration;
+    let s = Scratch::new("hostile");
+    let path = s.file("junk.log", "");
+    let mut inputs = inputs(vec![], vec![path.clone()]);
+    inputs.cfg.max_line_len = 100;
+    inputs.cfg.max_bytes_per_tick = 4096;
+    let mut p = LogPipeline::new(inputs);
+    let t0 = std::time::Instant::now();
+    let (mut values, mut events) = (Values::new(), Vec::new());
+    p.tick(t0, 0, &mut values, &mut events);
+    let mut junk: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+    junk.extend_from_slice(b"\n\xff\xfe invalid utf8 \xc3\n{\"log\":\"unterminated\n");
+    junk.extend(std::iter::repeat_n(b'x', 10_000));
+    junk.extend_from_slice(b"\n\x1b[31mERROR\x1b[0m colour\r\n");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(&junk))
+        .expect("write");
+    for i in 1..10 {
+        p.tick(
+            t0 + Duration::from_secs(i),
+            i as i64 * 1000,
+            &mut values,
+            &mut events,
+        );
+    }
+    let st = p.stats();
+    assert_eq!(st.bytes_read, junk.len() as u64);
+    assert!(st.lines_truncated >= 2, "{st:?}");
+    assert!(st.lines_read >= 5, "{st:?}");
+    let lines: f64 = values
+        .iter()
+        .filter(|(k, _)| k.metric == "log.lines")
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(lines, st.messages as f64);
 }
