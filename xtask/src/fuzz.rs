@@ -207,7 +207,7 @@ fn note(stats: &mut Stats, line: &str) {
             });
     } else if line.starts_with("Done ") && line.contains(" runs in ") {
         stats.runs = Some(line.trim().to_string());
-    } else if line.contains("panicked at")
+    } else if (line.contains("panicked at")
         || line.starts_with("==")
         || line.contains("ERROR: libFuzzer")
         || line.contains("SUMMARY:")
@@ -215,11 +215,10 @@ fn note(stats: &mut Stats, line: &str) {
             .crash_lines
             .last()
             .is_some_and(|l| l.contains("panicked at"))
-            && stats.crash_lines.len() < 20)
+            && stats.crash_lines.len() < 20))
+        && stats.crash_lines.len() < 20
     {
-        if stats.crash_lines.len() < 20 {
-            stats.crash_lines.push(line.trim().to_string());
-        }
+        stats.crash_lines.push(line.trim().to_string());
     }
 }
 
@@ -337,7 +336,7 @@ fn sample_batches() -> Vec<(&'static str, Batch)> {
 
 fn frame_seeds() -> Vec<(String, Vec<u8>)> {
     let payload = codec::encode_batch(&sample_batches()[1].1);
-    let frames = vec![
+    let frames = [
         (
             "hello",
             Frame::Hello(Hello {
