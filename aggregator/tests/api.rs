@@ -416,6 +416,11 @@ async fn incidents_group_related_anomalies_and_carry_rca() {
         "oom + 2 anomalies: {rca}"
     );
     assert_eq!(rca["inputs"]["edges"], 1);
+    assert_eq!(
+        rca["ranking"][0]["target"], "payments@n2",
+        "CPU saturation and an OOM kill on the callee: {rca}"
+    );
+    assert_eq!(detail["top_cause"]["target"], "payments@n2");
     for c in rca["ranking"].as_array().unwrap() {
         for k in ["target", "kind", "score", "evidence", "explanation"] {
             assert!(c.get(k).is_some(), "candidate.{k} missing: {c}");
@@ -455,10 +460,13 @@ async fn incidents_group_related_anomalies_and_carry_rca() {
     let hub = Hub::new(CorrelatorConfig::default(), 16);
     let mut again = Driver::new(w.store.clone(), hub.clone(), DriverConfig::default());
     again.replay(now_ms()).await.unwrap();
-    let st = hub.lock();
-    let ids: Vec<&str> = st.correlator.incidents().map(|i| i.id.as_str()).collect();
-    assert_eq!(ids, vec![id.as_str()]);
-    drop(st);
+    let ids: Vec<String> = hub
+        .lock()
+        .correlator
+        .incidents()
+        .map(|i| i.id.clone())
+        .collect();
+    assert_eq!(ids, vec![id.clone()]);
 
     assert_bad(w.addr, "/api/v1/incidents?status=maybe", 400).await;
     assert_bad(w.addr, "/api/v1/incidents?limit=1001", 400).await;

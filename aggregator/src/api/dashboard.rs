@@ -45,10 +45,10 @@ fn query_failed(e: DriverError) -> Response {
 
 fn take<T: serde::de::DeserializeOwned>(
     params: Result<Query<T>, QueryRejection>,
-) -> Result<T, Response> {
+) -> Result<T, super::BadRequest> {
     params
         .map(|Query(p)| p)
-        .map_err(|e| bad_request(e.body_text()))
+        .map_err(|e| super::BadRequest(e.body_text()))
 }
 
 /// Parameters of `GET /api/v1/nodes`.
@@ -69,11 +69,11 @@ pub(super) async fn list_nodes(
 ) -> Response {
     let p = match take(params) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let (limit, offset) = match page(p.limit, p.offset) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     if let Some(s) = p.status.as_deref()
         && !matches!(s, "up" | "stale" | "down" | "all")
@@ -84,7 +84,7 @@ pub(super) async fn list_nodes(
     }
     let ctx = match context(&app.store).await {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let now = now_ms();
     match nodes_items(&ctx, &app, now, p.status.as_deref()).await {
@@ -218,11 +218,11 @@ pub(super) async fn list_services(
 ) -> Response {
     let p = match take(params) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let (limit, offset) = match page(p.limit, p.offset) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let now = now_ms();
     let (since, until) = match time_range(
@@ -232,11 +232,11 @@ pub(super) async fn list_services(
         now + 1,
     ) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let ctx = match context(&app.store).await {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match services_items(&ctx, &app, since, until, p.node.as_deref()).await {
         Ok(items) => list_response(items, limit, offset),
@@ -372,7 +372,7 @@ pub(super) async fn graph(
 ) -> Response {
     let p = match take(params) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let now = now_ms();
     let (since, until) = match time_range(
@@ -382,11 +382,11 @@ pub(super) async fn graph(
         now + 1,
     ) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let ctx = match context(&app.store).await {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match load_graph(&ctx, since, Some(until), GraphLimits::default()).await {
         Ok(g) => Json(json!({
@@ -452,7 +452,7 @@ pub(super) async fn series(
 ) -> Response {
     let p = match take(params) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let (Some(node), Some(entity), Some(metric)) = (&p.node, &p.entity, &p.metric) else {
         return bad_request("node, entity and metric are required");
@@ -465,7 +465,7 @@ pub(super) async fn series(
         now + 1,
     ) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let step = match p.step.as_deref().map(parse_step).transpose() {
         Ok(s) => s,
@@ -502,7 +502,7 @@ pub(super) async fn series(
     };
     let ctx = match context(&app.store).await {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let batches = match collect(&ctx, &sql).await {
         Ok(b) => b,

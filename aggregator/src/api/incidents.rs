@@ -37,7 +37,7 @@ pub(super) async fn list_incidents(
     };
     let (limit, offset) = match page(p.limit, p.offset) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let since = match p
         .since

@@ -146,6 +146,16 @@ pub(crate) fn bad_request(msg: impl Into<String>) -> Response {
     error(StatusCode::BAD_REQUEST, msg)
 }
 
+/// A 400 with a message (small, so `Result`s carrying it stay small).
+#[derive(Debug)]
+pub(crate) struct BadRequest(pub(crate) String);
+
+impl IntoResponse for BadRequest {
+    fn into_response(self) -> Response {
+        bad_request(self.0)
+    }
+}
+
 pub(crate) fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": msg.into() }))).into_response()
 }
@@ -161,16 +171,16 @@ pub(crate) fn now_ms() -> i64 {
 pub(crate) fn page(
     limit: Option<usize>,
     offset: Option<usize>,
-) -> Result<(usize, usize), Response> {
+) -> Result<(usize, usize), BadRequest> {
     let limit = limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(bad_request(format!(
+        return Err(BadRequest(format!(
             "limit must be between 1 and 1000, got {limit}"
         )));
     }
     let offset = offset.unwrap_or(0);
     if offset > 10_000_000 {
-        return Err(bad_request(format!(
+        return Err(BadRequest(format!(
             "offset must be at most 10000000, got {offset}"
         )));
     }
@@ -183,17 +193,17 @@ pub(crate) fn time_range(
     until: Option<&str>,
     default_since: i64,
     default_until: i64,
-) -> Result<(i64, i64), Response> {
+) -> Result<(i64, i64), BadRequest> {
     let since = match since.map(|t| parse_time("since", t)).transpose() {
         Ok(v) => v.unwrap_or(default_since),
-        Err(e) => return Err(bad_request(e)),
+        Err(e) => return Err(BadRequest(e)),
     };
     let until = match until.map(|t| parse_time("until", t)).transpose() {
         Ok(v) => v.unwrap_or(default_until),
-        Err(e) => return Err(bad_request(e)),
+        Err(e) => return Err(BadRequest(e)),
     };
     if since >= until {
-        return Err(bad_request(format!(
+        return Err(BadRequest(format!(
             "since ({since}) must be before until ({until})"
         )));
     }

@@ -446,7 +446,12 @@ mod tests {
     #[test]
     fn callers_are_matched_to_listeners_across_nodes() {
         use Side::*;
-        let cases: Vec<(&str, Vec<ConnObservation>, Vec<(&str, &str, &str)>)> = vec![
+        type Case = (
+            &'static str,
+            Vec<ConnObservation>,
+            Vec<(&'static str, &'static str, &'static str)>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "client and server both seen",
                 vec![

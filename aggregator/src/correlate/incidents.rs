@@ -570,15 +570,12 @@ mod tests {
         assert_eq!(first.anomalies.len(), 3);
         assert_eq!(first.dropped_anomalies, 7);
         assert_eq!(first.resolved_reason, Some("evicted"));
-        let (c, _) = run(
-            CorrelatorConfig {
-                max_kept: 3,
-                ..cfg
-            },
-            &[],
-            &steps,
+        let (c, _) = run(CorrelatorConfig { max_kept: 3, ..cfg }, &[], &steps);
+        assert_eq!(
+            c.incidents().count(),
+            3,
+            "the oldest resolved one is forgotten"
         );
-        assert_eq!(c.incidents().count(), 3, "the oldest resolved one is forgotten");
         assert!(c.incidents().all(|i| i.anomaly_count == 1));
         let mut c2 = Correlator::new(cfg);
         for i in 0..10 {
