@@ -14,10 +14,11 @@
 //! sorted by name. A series `SeriesKey { entity, metric, labels }` of node `n` becomes
 //! `{__name__="<metric with '.' → '_'>", entity="<entity>", <labels>…, node="<n>"}`.
 //!
-//! What is *not* modelled, all of which would make remote-write bigger, so the
-//! comparison is conservative: Prometheus splits a queue into requests of at most
-//! `max_samples_per_send` (2,000 by default) samples, repeating every label set once per
-//! request, and adds `job`/`instance` target labels.
+//! [`encode`] groups each series' samples of the batch under one label set: the most
+//! favourable reading of remote-write 1.0. [`encode_as_queue_manager`] is what Prometheus's
+//! queue manager really sends: one `TimeSeries` per sample, requests of at most
+//! `max_samples_per_send` (2,000 by default). Neither adds the `job`/`instance` target
+//! labels a scrape would, so both are conservative.
 
 use common::model::{Batch, SeriesKey};
 
@@ -157,6 +158,39 @@ pub fn encode(node: &str, batch: &Batch) -> Vec<u8> {
         .expect("snappy of an in-memory buffer below 4 GiB")
 }
 
+/// Prometheus's default `queue_config.max_samples_per_send`.
+pub const MAX_SAMPLES_PER_SEND: usize = 2000;
+
+/// What Prometheus's remote-write queue manager really sends for the samples of `batch`:
+/// it queues samples as they are scraped and turns each into its own `TimeSeries` (labels
+/// repeated for every sample), in scrape order (tick by tick), at most `max_per_request`
+/// samples per `WriteRequest`, each request snappy-compressed on its own. The bytes of
+/// every request.
+pub fn encode_as_queue_manager(node: &str, batch: &Batch, max_per_request: usize) -> Vec<Vec<u8>> {
+    let labels: Vec<Vec<(String, String)>> =
+        batch.series.iter().map(|s| labels(node, &s.key)).collect();
+    let mut queue: Vec<(i64, usize, f64)> = batch
+        .series
+        .iter()
+        .enumerate()
+        .flat_map(|(idx, s)| s.points.iter().map(move |p| (p.ts_ms, idx, p.value)))
+        .collect();
+    queue.sort_by_key(|&(ts, idx, _)| (ts, idx));
+    let mut encoder = snap::raw::Encoder::new();
+    queue
+        .chunks(max_per_request.max(1))
+        .map(|chunk| {
+            let mut raw = Vec::new();
+            for &(ts, idx, value) in chunk {
+                put_timeseries(&mut raw, &labels[idx], &[(value, ts)]);
+            }
+            encoder
+                .compress_vec(&raw)
+                .expect("snappy of an in-memory buffer below 4 GiB")
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use common::model::{Point, SeriesPoints};
@@ -246,6 +280,15 @@ mod tests {
             0x12, 0x14, 0x09, 0, 0, 0, 0, 0, 0, 0, 0x80, 0x10, 0xfb, 0xff, 0xff, 0xff, 0xff, 0xff,
             0xff, 0xff, 0xff, 0x01
         ]));
+        // As the queue manager sends it: one sample per TimeSeries, in time order.
+        let requests = encode_as_queue_manager("n1", &batch, 1);
+        assert_eq!(requests.len(), 2);
+        let first = snap::raw::Decoder::new()
+            .decompress_vec(&requests[0])
+            .expect("snappy");
+        let mut want = Vec::new();
+        put_timeseries(&mut want, &labels("n1", &key), &[(-0.0, -5)]);
+        assert_eq!(first, want);
         let compressed = encode("n1", &batch);
         let back = snap::raw::Decoder::new()
             .decompress_vec(&compressed)
