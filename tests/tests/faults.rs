@@ -374,9 +374,12 @@ fn aggregator_disk_full_then_freed() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Records of a spool segment as `(offset, body_len, seq, n_samples)`, up to the first bad one
-/// (the layout in docs/DURABILITY.md, "Node spool").
-fn spool_records(bytes: &[u8]) -> Vec<(usize, usize, u64, u32)> {
+/// A spool record as the test reads it: `(offset, body_len, seq, n_samples)`.
+type SpoolRecord = (usize, usize, u64, u32);
+
+/// Records of a spool segment, up to the first bad one (the layout in docs/DURABILITY.md,
+/// "Node spool").
+fn spool_records(bytes: &[u8]) -> Vec<SpoolRecord> {
     let mut out = Vec::new();
     let mut pos = 0;
     while let Some(h) = bytes.get(pos..pos + 8) {
@@ -408,9 +411,7 @@ fn oldest_segment(spool: &Path) -> Option<PathBuf> {
 /// Damages the record holding the middle byte of `segment` (never the first record, so a
 /// valid prefix remains): flips bytes in the middle of its body, so its checksum fails.
 /// Returns the records before it and the records from it on.
-fn damage_middle(
-    segment: &Path,
-) -> anyhow::Result<(Vec<(usize, usize, u64, u32)>, Vec<(usize, usize, u64, u32)>)> {
+fn damage_middle(segment: &Path) -> anyhow::Result<(Vec<SpoolRecord>, Vec<SpoolRecord>)> {
     let mut bytes = std::fs::read(segment)?;
     let records = spool_records(&bytes);
     if records.len() < 3 {
