@@ -5,6 +5,9 @@
 //!   measured in the same run on the same load. Writes `target/bench-agent.json`.
 //! - `codec`, `ingest`: the criterion benches in `benches/benches/` (`cargo bench`).
 //! - `detect`: the anomaly detectors' quality report (`benches` binary `detect-quality`).
+//! - `ebpf-loss`: an event storm (process execs and loopback TCP connections at set rates)
+//!   against a real agent with its eBPF collectors: generated vs stored, drops per reason,
+//!   agent CPU and RSS ([`ebpf_loss`]). Writes `target/bench-ebpf-loss.json`.
 //! - `ingest-nodes`: N simulated agents (10, 100, 1000) over real QUIC against the real
 //!   aggregator process: samples/s, ack latency, aggregator RSS and CPU ([`ingest_nodes`]).
 //!   Writes `target/bench-ingest-nodes.json`.
@@ -18,6 +21,7 @@
 
 mod agent;
 mod daemon;
+mod ebpf_loss;
 mod ingest_nodes;
 mod peers;
 mod procfs;
@@ -45,6 +49,8 @@ enum What {
     Ingest(Passthrough),
     /// Detector quality (`cargo run --release -p benches --bin detect-quality`).
     Detect(Passthrough),
+    /// eBPF event loss under a storm of process execs and TCP connections (needs root).
+    EbpfLoss(ebpf_loss::Args),
     /// Many-node ingest: N agents over QUIC against the aggregator process (RSS, samples/s).
     IngestNodes(ingest_nodes::Args),
     /// Root-cause ranking quality over the fault scenarios in scenarios/ (needs root).
@@ -66,6 +72,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     match &args.what {
         What::Agent(args) => agent::run(args),
         What::IngestNodes(args) => ingest_nodes::run(args),
+        What::EbpfLoss(args) => ebpf_loss::run(args),
         What::Rca(args) => crate::scenario::suite::run(args),
         What::Codec(pass) => cargo_bench("codec", &pass.args),
         What::Ingest(pass) => cargo_bench("ingest", &pass.args),
@@ -154,7 +161,7 @@ mod tests {
     fn bench_programs_get_the_extra_arguments() {
         let pass = |argv: &[&str]| match bench(argv) {
             What::Codec(p) | What::Ingest(p) | What::Detect(p) => p.args,
-            What::Agent(_) | What::Rca(_) | What::IngestNodes(_) => {
+            What::Agent(_) | What::Rca(_) | What::IngestNodes(_) | What::EbpfLoss(_) => {
                 panic!("not a passthrough bench")
             }
         };

@@ -450,7 +450,7 @@ fn every_tick(
     Ok(())
 }
 
-fn sleep_until(deadline: Instant) {
+pub(super) fn sleep_until(deadline: Instant) {
     let now = Instant::now();
     if deadline > now {
         thread::sleep(deadline - now);
@@ -505,17 +505,17 @@ impl Scraper {
 }
 
 /// The ports everything listens on, all on 127.0.0.1.
-struct Ports {
-    http: u16,
-    quic: u16,
-    metrics: u16,
+pub(super) struct Ports {
+    pub(super) http: u16,
+    pub(super) quic: u16,
+    pub(super) metrics: u16,
     node_exporter: u16,
     netdata: u16,
 }
 
 /// Free ports, chosen by the kernel. Every socket is held until all are chosen so that no
 /// two are the same; someone else could still take one before we use it (unlikely).
-fn free_ports() -> anyhow::Result<Ports> {
+pub(super) fn free_ports() -> anyhow::Result<Ports> {
     let tcp: Vec<TcpListener> = (0..4)
         .map(|_| TcpListener::bind("127.0.0.1:0"))
         .collect::<Result<_, _>>()
@@ -533,13 +533,13 @@ fn free_ports() -> anyhow::Result<Ports> {
 
 /// The bench's temporary directory: removed after a good run, kept (with the logs) after
 /// a failed one.
-struct WorkDir {
-    path: PathBuf,
+pub(super) struct WorkDir {
+    pub(super) path: PathBuf,
     keep: bool,
 }
 
 impl WorkDir {
-    fn create() -> anyhow::Result<WorkDir> {
+    pub(super) fn create() -> anyhow::Result<WorkDir> {
         let path = std::env::temp_dir().join(format!("autodevops-bench-{}", std::process::id()));
         if path.exists() {
             fs::remove_dir_all(&path)
@@ -554,7 +554,7 @@ impl WorkDir {
         Ok(WorkDir { path, keep: true })
     }
 
-    fn remove(&mut self) {
+    pub(super) fn remove(&mut self) {
         self.keep = false;
     }
 }
@@ -730,7 +730,7 @@ fn stored_samples(http_port: u16) -> anyhow::Result<i64> {
 }
 
 /// Cargo's target directory (it may be moved by `CARGO_TARGET_DIR` or config).
-fn target_dir() -> anyhow::Result<PathBuf> {
+pub(super) fn target_dir() -> anyhow::Result<PathBuf> {
     let out = cmd::cargo()
         .args(["metadata", "--format-version", "1", "--no-deps"])
         .output()
@@ -751,7 +751,7 @@ fn target_dir() -> anyhow::Result<PathBuf> {
 
 /// HEAD's short hash, with `+dirty` when the work tree has changes (the binaries were
 /// built from the work tree).
-fn git_commit() -> String {
+pub(super) fn git_commit() -> String {
     let git = |args: &[&str]| {
         Command::new("git")
             .args(args)
@@ -1030,11 +1030,11 @@ fn verdict(value: f64, max: f64, unit: &str) -> String {
     }
 }
 
-fn n_cpus() -> usize {
+pub(super) fn n_cpus() -> usize {
     thread::available_parallelism().map_or(0, |n| n.get())
 }
 
-fn cpu_model() -> String {
+pub(super) fn cpu_model() -> String {
     fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -1054,7 +1054,7 @@ fn mem_total_mib() -> u64 {
 }
 
 /// Now in UTC as `YYYY-MM-DDTHH:MM:SSZ`.
-fn utc_now() -> String {
+pub(super) fn utc_now() -> String {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
