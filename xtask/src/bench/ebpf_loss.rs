@@ -656,6 +656,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn options_parse_with_the_issue_rates_as_defaults() {
+        use clap::Parser;
+        let parse = |argv: &[&str]| {
+            let full = ["cargo xtask", "bench", "ebpf-loss"].iter().chain(argv);
+            match crate::Cli::try_parse_from(full).map(|cli| cli.task) {
+                Ok(crate::Task::Bench(super::super::Args {
+                    what: super::super::What::EbpfLoss(args),
+                })) => args,
+                _ => panic!("`bench ebpf-loss {argv:?}` did not parse as ebpf-loss"),
+            }
+        };
+        let args = parse(&[]);
+        assert_eq!(
+            (args.secs, args.execs_per_sec, args.conns_per_sec),
+            (20, 1000, 5000)
+        );
+        assert_eq!(args.batch_secs, 1);
+        let args = parse(&["--secs", "5", "--execs-per-sec", "0", "--conns-per-sec=100"]);
+        assert_eq!(
+            (args.secs, args.execs_per_sec, args.conns_per_sec),
+            (5, 0, 100)
+        );
+    }
+
+    #[test]
     fn reads_drop_reasons() {
         let text = "# HELP agent_ebpf_events_dropped_total x\n\
                     agent_ebpf_events_dropped_total{reason=\"tcp_ring_full\"} 12\n\
