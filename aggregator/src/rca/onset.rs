@@ -39,7 +39,7 @@ pub fn change_point(ts: &[i64], xs: &[f64], cfg: &RcaConfig, s: &mut Scratch) ->
     // A perfectly flat series has no noise; judge its steps against a 1% floor of its
     // level so that a step on it is a change and a constant is not.
     sigma = sigma.max(cfg.rel_eps * level);
-    if !(sigma > 0.0) || !sigma.is_finite() {
+    if sigma.is_nan() || sigma <= 0.0 || !sigma.is_finite() {
         return None;
     }
     median5(xs, &mut s.c);

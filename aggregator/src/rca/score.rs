@@ -459,7 +459,7 @@ fn eval_from(
         level = anom.iter().fold(0.0f64, |m, x| m.max(x.abs()));
     }
     let scale = (q75 - q25).max(cfg.rel_eps * level);
-    if !(scale > 0.0) || !scale.is_finite() {
+    if scale.is_nan() || scale <= 0.0 || !scale.is_finite() {
         return None;
     }
     s.b.clear();
