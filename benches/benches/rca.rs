@@ -64,10 +64,8 @@ fn incident() -> RcaInput {
                     if c == ROOT && *metric == "cpu.usage_pct" && i >= FAULT {
                         v += 60.0;
                     }
-                    if let Some(d) = depth.filter(|_| *metric == "http.latency_ms") {
-                        if i >= FAULT + d {
-                            v += 50.0;
-                        }
+                    if depth.is_some_and(|d| *metric == "http.latency_ms" && i >= FAULT + d) {
+                        v += 50.0;
                     }
                     (T0 + i as i64 * 1000, v)
                 })
