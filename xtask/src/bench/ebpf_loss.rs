@@ -64,6 +64,10 @@ pub struct Args {
     /// storm's batches stay well below the wire's 16 MiB frame limit.
     #[arg(long, value_name = "SECS", default_value_t = 1)]
     pub batch_secs: u64,
+    /// Use the `node-agent` and `aggregator` binaries in this directory instead of
+    /// building release ones (e.g. `target/debug`: a slower agent, a quick check).
+    #[arg(long, value_name = "DIR")]
+    pub bin_dir: Option<std::path::PathBuf>,
     /// Extra argument for `node-agent run` (repeat it).
     #[arg(long = "agent-arg", value_name = "ARG", allow_hyphen_values = true)]
     pub agent_args: Vec<String>,
@@ -80,12 +84,20 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .collect::<Vec<_>>()
         .join(" ");
 
-    let mut build = cmd::cargo();
-    build.args(["build", "--release", "-p", "aggregator", "-p", "node-agent"]);
-    cmd::run(&mut build)?;
     let target = agent::target_dir()?;
-    let aggregator_bin = target.join("release/aggregator");
-    let agent_bin = target.join("release/node-agent");
+    let bin_dir = match &args.bin_dir {
+        Some(dir) => {
+            fs::canonicalize(dir).with_context(|| format!("--bin-dir {}", dir.display()))?
+        }
+        None => {
+            let mut build = cmd::cargo();
+            build.args(["build", "--release", "-p", "aggregator", "-p", "node-agent"]);
+            cmd::run(&mut build)?;
+            target.join("release")
+        }
+    };
+    let aggregator_bin = bin_dir.join("aggregator");
+    let agent_bin = bin_dir.join("node-agent");
     for bin in [&aggregator_bin, &agent_bin] {
         if !bin.is_file() {
             bail!("{} is missing after the build", bin.display());
@@ -302,6 +314,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             "kernel": fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map(|s| s.trim().to_string()).unwrap_or_default(),
         },
+        "binaries": bin_dir.display().to_string(),
         "secs": secs,
         "window_ms": [ts_start_ms, ts_end_ms],
         "requested": {
