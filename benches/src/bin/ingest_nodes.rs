@@ -284,7 +284,9 @@ fn prom_value(text: &str, prefix: &str) -> f64 {
         .filter(|l| !l.starts_with('#'))
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .sum::<f64>()
+        // An empty f64 sum is -0.0.
+        + 0.0
 }
 
 /// The aggregator as a child process, stopped (SIGTERM, then SIGKILL) when dropped.
@@ -981,10 +983,10 @@ fn run(opts: &Opts, work: &Path) -> anyhow::Result<()> {
             (n, b)
         })
         .collect::<Vec<_>>();
-    let t = Instant::now();
     let mut phases = Vec::new();
     let mut session_base = 1u64;
     for &(n, per_stream) in &need {
+        let t = Instant::now();
         let distinct = opts.distinct.min(n);
         let streams = prepare(distinct, per_stream);
         let per_batch: usize = streams
