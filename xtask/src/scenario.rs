@@ -141,6 +141,8 @@ pub struct Bins {
     pub service: PathBuf,
     /// Whether this node-agent has `--log-file` (log tailing).
     agent_logs: bool,
+    /// Whether its `--log-file` takes `COMM=PATH` (attributes the file to the service).
+    agent_log_owner: bool,
 }
 
 impl Bins {
@@ -171,6 +173,7 @@ impl Bins {
             agent: dir.join("node-agent"),
             service: dir.join("scenario-service"),
             agent_logs: false,
+            agent_log_owner: false,
         };
         for b in [&bins.aggregator, &bins.agent, &bins.service] {
             if !b.is_file() {
@@ -184,6 +187,7 @@ impl Bins {
             .unwrap_or_default();
         Ok(Bins {
             agent_logs: help.contains("--log-file"),
+            agent_log_owner: help.contains("[COMM=]PATH"),
             ..bins
         })
     }
@@ -377,13 +381,14 @@ pub fn run_one(s: &Scenario, bins: &Bins) -> anyhow::Result<Value> {
         if bins.agent_logs {
             args.extend(["--log-dir".to_string(), "none".to_string()]);
             for svc in s.services.iter().filter(|v| &v.node == node) {
+                let path = log_dir.join(format!("{}.log", svc.name));
                 args.push("--log-file".into());
-                args.push(
-                    log_dir
-                        .join(format!("{}.log", svc.name))
-                        .display()
-                        .to_string(),
-                );
+                // The service's process name is its name: its log counts for it.
+                args.push(if bins.agent_log_owner {
+                    format!("{}={}", svc.name, path.display())
+                } else {
+                    path.display().to_string()
+                });
             }
         }
         let p = env.spawn(

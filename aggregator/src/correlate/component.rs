@@ -54,6 +54,24 @@ pub fn component_of_series(node: &str, entity: &str, labels: &str) -> String {
             return format!("container:{}", short_id(&id));
         }
     }
+    // Log sources (the agent's `log/pod/<uid>/<container>`, `log/container/<id>`,
+    // `log/file/<path>`): the pod or container the path names, else the process that
+    // writes the file when the agent found it (`comm=`, `cgroup=` labels).
+    if let Some(rest) = entity.strip_prefix("log/") {
+        if let Some(uid) = rest
+            .strip_prefix("pod/")
+            .and_then(|r| r.split('/').next())
+            .filter(|u| !u.is_empty())
+        {
+            return format!("pod:{uid}");
+        }
+        if let Some(id) = rest.strip_prefix("container/").filter(|i| !i.is_empty()) {
+            return format!("container:{}", short_id(id));
+        }
+        if let Some(comm) = label(labels, "comm") {
+            return component(node, Some(comm), label(labels, "cgroup"), None, None);
+        }
+    }
     format!("host@{node}")
 }
 
@@ -193,6 +211,22 @@ mod tests {
             "payments@n2"
         );
         assert_eq!(component_of_series("n2", "host", ""), "host@n2");
+        assert_eq!(
+            component_of_series("n2", "log/pod/1234-5678/server", "container=server"),
+            "pod:1234-5678"
+        );
+        assert_eq!(
+            component_of_series("n2", &format!("log/container/{}", "b".repeat(64)), ""),
+            "container:bbbbbbbbbbbb"
+        );
+        assert_eq!(
+            component_of_series("n2", "log/file/var/log/app.log", "comm=payments"),
+            "payments@n2"
+        );
+        assert_eq!(
+            component_of_series("n2", "log/file/var/log/app.log", ""),
+            "host@n2"
+        );
         assert_eq!(kind_of("payments@n2"), "process");
         assert_eq!(node_of("payments@n2"), Some("n2"));
         assert_eq!(node_of("pod:1"), None);

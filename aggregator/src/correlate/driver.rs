@@ -629,6 +629,8 @@ const RCA_METRICS: &[(&str, &str, bool)] = &[
     ("cgroup.cpu_pct", "cgroup_cpu_pct", true),
     ("cgroup.cpu_throttled_pct", "cgroup_cpu_throttled_pct", true),
     ("cgroup.mem_usage_bytes", "cgroup_mem_bytes", true),
+    // Error lines per interval of a log the agent attributed to a process.
+    ("log.errors", "log_errors", false),
     (
         "cgroup.io_read_bytes_per_s",
         "cgroup_io_read_bytes_per_s",
@@ -641,9 +643,10 @@ const RCA_METRICS: &[(&str, &str, bool)] = &[
     ),
 ];
 
-/// Bucket width for a window: about 240 points, at least 5 s.
+/// Bucket width for a window: about 240 points, whole seconds, at least 1 s. Fine enough
+/// that the baseline before a young incident holds the RCA engine's 10 points.
 fn step_for(start: i64, end: i64) -> i64 {
-    (((end - start) / 240).max(5_000) / 1000) * 1000
+    (((end - start) / 240).max(1_000) / 1000) * 1000
 }
 
 /// Builds the RCA input of one incident over `[start, end]` on its nodes.
@@ -675,7 +678,8 @@ pub async fn build_rca_input(
            SELECT node, entity, labels, metric, value, \
              date_bin(INTERVAL '{step} milliseconds', ts) AS b \
            FROM samples WHERE {window} AND metric IN ({metric_list}) \
-             AND (entity = 'host' OR entity LIKE 'process/%' OR entity LIKE 'cgroup/%') \
+             AND (entity = 'host' OR entity LIKE 'process/%' OR entity LIKE 'cgroup/%' \
+               OR entity LIKE 'log/%') \
          ) t GROUP BY node, entity, labels, metric, b LIMIT 2000000"
     );
     // (component, metric) -> bucket -> (value, is_max)
@@ -711,6 +715,10 @@ pub async fn build_rca_input(
             if entity.starts_with("cgroup/")
                 && !matches!(component::kind_of(&comp), "pod" | "container")
             {
+                continue;
+            }
+            // A log nobody was named for says nothing about the host as a whole.
+            if entity.starts_with("log/") && component::kind_of(&comp) == "host" {
                 continue;
             }
             let slot = series
@@ -950,8 +958,8 @@ mod tests {
 
     #[test]
     fn buckets_scale_with_the_window() {
-        assert_eq!(step_for(0, 600_000), 5_000);
+        assert_eq!(step_for(0, 600_000), 2_000);
         assert_eq!(step_for(0, 3_600_000), 15_000);
-        assert_eq!(step_for(0, 0), 5_000);
+        assert_eq!(step_for(0, 0), 1_000);
     }
 }
