@@ -38,13 +38,16 @@ use ebpf_common::{
 #[unsafe(no_mangle)]
 static OFFSETS: KernelOffsets = KernelOffsets::ZERO;
 
-/// exec/exit/OOM records. 256 KiB: ~1200 exec records between two 1 s drains.
+/// exec/exit/OOM records, drained continuously by a user-space thread. 512 KiB: ~2400
+/// exec records, over a second of 1,000 execs/s (exec + exit) while that thread waits for
+/// a CPU.
 #[map]
-static PROC_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+static PROC_EVENTS: RingBuf = RingBuf::with_byte_size(512 * 1024, 0);
 
-/// TCP connect/close records. 256 KiB: ~2000 records between two drains.
+/// TCP connect/close records, drained continuously. 1 MiB: ~8000 records, half a second
+/// of 5,000 connections/s (3 records each); 256 KiB overflowed under that storm on 2 CPUs.
 #[map]
-static TCP_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+static TCP_EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
 
 /// Kernel-side losses by `drop_reason`, per CPU.
 #[map]
