@@ -142,8 +142,10 @@ struct RunArgs {
     #[arg(long, value_name = "DIR")]
     log_dir: Vec<PathBuf>,
     /// Plain log file to follow as well (repeatable), whether it exists yet or not.
-    #[arg(long, value_name = "PATH")]
-    log_file: Vec<PathBuf>,
+    /// `COMM=PATH` says which process writes it (its command name): the file's samples
+    /// and anomalies then carry `comm=COMM` and count for that process, not the host.
+    #[arg(long, value_name = "[COMM=]PATH")]
+    log_file: Vec<String>,
     /// Log tailing and mining settings (JSON, see docs/detection.md).
     #[arg(long, value_name = "FILE")]
     log_config: Option<PathBuf>,
@@ -241,13 +243,33 @@ fn log_inputs(args: &RunArgs) -> anyhow::Result<Option<logs::LogInputs>> {
             .cloned()
             .collect()
     };
+    let files: Vec<(PathBuf, Option<String>)> =
+        args.log_file.iter().map(|f| split_log_file(f)).collect();
     Ok(Some(logs::LogInputs {
         dirs,
-        files: args.log_file.clone(),
+        files: files.iter().map(|(p, _)| p.clone()).collect(),
+        file_owners: files
+            .into_iter()
+            .filter_map(|(p, c)| c.map(|c| (p, c)))
+            .collect(),
         interval: Duration::from_secs_f64(args.batch_secs),
         tick: Duration::from_secs_f64(args.interval_secs),
         cfg,
     }))
+}
+
+/// `--log-file [COMM=]PATH`: the path and the writer's command name. A `COMM` is 1 to 15
+/// bytes without `/` (a process name), so a path holding `=` (`/var/log/a=b.log`) stays
+/// a path.
+fn split_log_file(arg: &str) -> (PathBuf, Option<String>) {
+    match arg.split_once('=') {
+        Some((comm, path))
+            if !comm.is_empty() && comm.len() <= 15 && !comm.contains('/') && !path.is_empty() =>
+        {
+            (PathBuf::from(path), Some(comm.to_string()))
+        }
+        _ => (PathBuf::from(arg), None),
+    }
 }
 
 async fn wait_for_signal() {
@@ -355,4 +377,23 @@ fn hostname() -> anyhow::Result<String> {
         .to_string();
     anyhow::ensure!(!name.is_empty(), "empty hostname; pass --node");
     Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_files_may_name_their_writer() {
+        assert_eq!(
+            split_log_file("payments=/var/log/p.log"),
+            (PathBuf::from("/var/log/p.log"), Some("payments".into()))
+        );
+        assert_eq!(
+            split_log_file("/var/log/a=b.log"),
+            (PathBuf::from("/var/log/a=b.log"), None)
+        );
+        assert_eq!(split_log_file("app.log"), (PathBuf::from("app.log"), None));
+        assert_eq!(split_log_file("=x.log"), (PathBuf::from("=x.log"), None));
+    }
 }

@@ -37,6 +37,10 @@ pub struct Origin {
     pub container_id: Option<String>,
     /// The file, for plain files.
     pub path: Option<String>,
+    /// The process (command name) that writes a plain file, when the operator said so
+    /// (`--log-file COMM=PATH`): the aggregator then puts the file's anomalies on that
+    /// process's component rather than on the host.
+    pub comm: Option<String>,
 }
 
 impl Origin {
@@ -105,9 +109,18 @@ impl Origin {
         }
     }
 
-    /// Series labels: `container`, `namespace`, `pod` when known (sorted by key).
+    /// A plain file written by the process named `comm`.
+    pub fn file_of(path: &Path, comm: &str) -> Origin {
+        Origin {
+            comm: Some(comm.to_string()),
+            ..Origin::file(path)
+        }
+    }
+
+    /// Series labels: `comm`, `container`, `namespace`, `pod` when known (sorted by key).
     pub fn labels(&self) -> Vec<(String, String)> {
         [
+            ("comm", &self.comm),
             ("container", &self.container),
             ("namespace", &self.namespace),
             ("pod", &self.pod),
@@ -120,6 +133,7 @@ impl Origin {
     /// Event attributes: every field that is known (sorted by key).
     pub fn attrs(&self) -> Vec<(String, String)> {
         [
+            ("comm", &self.comm),
             ("container", &self.container),
             ("container_id", &self.container_id),
             ("namespace", &self.namespace),

@@ -128,6 +128,9 @@ pub struct LogInputs {
     pub dirs: Vec<PathBuf>,
     /// Plain files always followed, whether they exist yet or not.
     pub files: Vec<PathBuf>,
+    /// Which process writes some of `files` (path, command name): their records carry
+    /// a `comm` label, so they are attributed to that process, not to the host.
+    pub file_owners: Vec<(PathBuf, String)>,
     /// Length of one reporting interval (the agent uses its batch interval, so an
     /// interval's records travel in the batch closed on the same tick).
     pub interval: Duration,
@@ -240,7 +243,10 @@ impl LogPipeline {
                 p.stats.files_over_limit += 1;
                 continue;
             }
-            let origin = Origin::file(&path);
+            let origin = match p.inputs.file_owners.iter().find(|(f, _)| *f == path) {
+                Some((_, comm)) => Origin::file_of(&path, comm),
+                None => Origin::file(&path),
+            };
             // Existing content is history: start at the end, like `tail -F`.
             p.follow(path, origin, false, true);
         }

@@ -571,6 +571,7 @@ fn inputs(dirs: Vec<std::path::PathBuf>, files: Vec<std::path::PathBuf>) -> LogI
     LogInputs {
         dirs,
         files,
+        file_owners: Vec::new(),
         interval: std::time::Duration::from_secs(2),
         tick: std::time::Duration::from_secs(1),
         cfg,
