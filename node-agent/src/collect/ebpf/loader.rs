@@ -319,26 +319,29 @@ pub fn load() -> Result<Loaded, LoadError> {
     if OBJECT.is_empty() {
         return Err(LoadError::BuiltWithout);
     }
-    let raw = std::fs::read(VMLINUX_BTF).map_err(|e| LoadError::NoBtf(e.to_string()))?;
-    let btf = Btf::parse(&raw).map_err(|e| LoadError::NoBtf(e.to_string()))?;
-    let aya_btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::NoBtf(e.to_string()))?;
-
     // Offsets: a program whose members are missing is not loaded (its reason is kept).
+    // Our reading of the kernel's BTF (several MB) is dropped before aya parses its own
+    // copy: holding both at once is most of the agent's peak memory.
     let mut offsets = KernelOffsets::default();
     let mut skip: Vec<(&'static str, String)> = Vec::new();
-    let state = resolve_task_state(&btf, &mut offsets);
-    for spec in PROGRAMS {
-        let mut res = resolve_fields(&btf, spec.members, &mut offsets);
-        if res.is_ok() && spec.name == "sched_switch" {
-            res = state.clone();
-        }
-        if res.is_ok() && !btf.has_tracepoint(spec.name) {
-            res = Err(format!("this kernel has no tracepoint {}", spec.name));
-        }
-        if let Err(why) = res {
-            skip.push((spec.name, why));
+    {
+        let raw = std::fs::read(VMLINUX_BTF).map_err(|e| LoadError::NoBtf(e.to_string()))?;
+        let btf = Btf::parse(&raw).map_err(|e| LoadError::NoBtf(e.to_string()))?;
+        let state = resolve_task_state(&btf, &mut offsets);
+        for spec in PROGRAMS {
+            let mut res = resolve_fields(&btf, spec.members, &mut offsets);
+            if res.is_ok() && spec.name == "sched_switch" {
+                res = state.clone();
+            }
+            if res.is_ok() && !btf.has_tracepoint(spec.name) {
+                res = Err(format!("this kernel has no tracepoint {}", spec.name));
+            }
+            if let Err(why) = res {
+                skip.push((spec.name, why));
+            }
         }
     }
+    let aya_btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::NoBtf(e.to_string()))?;
 
     // Locked memory: kernels before 5.11 charge maps to RLIMIT_MEMLOCK. Best effort.
     let unlimited = libc::rlimit {
@@ -406,6 +409,14 @@ pub fn load() -> Result<Loaded, LoadError> {
             }
             *slot = Err(why);
         }
+    }
+    // The parsed BTF is no longer needed; hand the freed heap back to the kernel so it
+    // does not stay in the agent's RSS for its whole life.
+    drop(aya_btf);
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap pages; it touches no live allocation.
+    unsafe {
+        libc::malloc_trim(0);
     }
     Ok(Loaded { ebpf, families })
 }
