@@ -214,30 +214,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         fs::create_dir_all(d).with_context(|| format!("could not create {}", d.display()))?;
     }
 
-    let mut aggregator = Command::new(&aggregator_bin);
-    aggregator
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(&store_dir)
-        .args(["--http-listen", &format!("127.0.0.1:{}", ports.http)])
-        .args(["--quic-listen", &format!("127.0.0.1:{}", ports.quic)])
-        .arg("--ca")
-        .arg(&pki.ca)
-        .arg("--cert")
-        .arg(&pki.aggregator_cert)
-        .arg("--key")
-        .arg(&pki.aggregator_key)
-        .current_dir(&store_dir);
-    let mut aggregator = Daemon::spawn(
-        "aggregator",
-        aggregator,
-        &dir.join("aggregator.log"),
-        Duration::from_secs(30),
-    )?;
-    aggregator.wait_ready(
-        &format!("http://127.0.0.1:{}/healthz", ports.http),
-        Duration::from_secs(60),
-    )?;
+    let mut aggregator = start_aggregator(&aggregator_bin, &pki, &store_dir, &ports, &dir)?;
 
     let mut agent = Command::new(&agent_bin);
     agent
@@ -502,6 +479,42 @@ impl Scraper {
     fn reset_stats(&mut self) {
         (self.n_ok, self.n_failed, self.bytes, self.secs) = (0, 0, 0, 0.0);
     }
+}
+
+/// Starts the aggregator on loopback `ports` with its store in `store_dir` and its log in
+/// `dir`, and waits until it is healthy.
+pub(super) fn start_aggregator(
+    bin: &Path,
+    pki: &certs::Pki,
+    store_dir: &Path,
+    ports: &Ports,
+    dir: &Path,
+) -> anyhow::Result<Daemon> {
+    let mut aggregator = Command::new(bin);
+    aggregator
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(store_dir)
+        .args(["--http-listen", &format!("127.0.0.1:{}", ports.http)])
+        .args(["--quic-listen", &format!("127.0.0.1:{}", ports.quic)])
+        .arg("--ca")
+        .arg(&pki.ca)
+        .arg("--cert")
+        .arg(&pki.aggregator_cert)
+        .arg("--key")
+        .arg(&pki.aggregator_key)
+        .current_dir(store_dir);
+    let mut aggregator = Daemon::spawn(
+        "aggregator",
+        aggregator,
+        &dir.join("aggregator.log"),
+        Duration::from_secs(30),
+    )?;
+    aggregator.wait_ready(
+        &format!("http://127.0.0.1:{}/healthz", ports.http),
+        Duration::from_secs(60),
+    )?;
+    Ok(aggregator)
 }
 
 /// The ports everything listens on, all on 127.0.0.1.
