@@ -1,14 +1,23 @@
-//! The batch codec: a [`Batch`] as a compact, self-describing columnar payload.
+//! The batch codec: a [`Batch`] as a compact columnar payload, in two forms.
 //!
 //! Layout before compression (docs/wire.md has the full grammar):
 //!
 //! ```text
-//! u8 format version (1)
-//! strings    varint n, n × (varint len, utf-8 bytes)      every distinct text once
-//! series     varint n, n × (entity idx, metric idx, varint n_labels, n_labels × (key idx, value idx))
-//! ts groups  varint n, n × (varint count, zigzag first, zigzag delta, zigzag delta-of-delta...)
-//! columns    per series: varint group idx, u8 value kind, kind-specific value bytes
-//! events     varint len, postcard Vec<Event>
+//! format 1, self-contained (what the agent spools, what the aggregator's WAL holds):
+//!   u8 1
+//!   strings    varint n, n × (varint len, utf-8 bytes)      every distinct text once
+//!   series     varint n, n × (entity idx, metric idx, varint n_labels, n_labels × (key idx, value idx))
+//!   body
+//! format 2, connection form (protocol 2 on the wire; `crate::dict` holds the state):
+//!   u8 2
+//!   strings    as above, the texts of the definitions only
+//!   defs       varint n, n × (id gap, entity idx, metric idx, varint n_labels, n_labels × (key idx, value idx))
+//!   ids        varint n, n × id gap                         the batch's series, in column order
+//!   body
+//! body (both forms):
+//!   ts groups  varint n, n × (varint count, zigzag first, zigzag delta, zigzag delta-of-delta...)
+//!   columns    per series: varint group idx, u8 value kind, kind-specific value bytes
+//!   events     varint len, postcard Vec<Event>
 //! ```
 //!
 //! Series sampled at the same instants share one timestamp group, so a host with two
@@ -16,6 +25,10 @@
 //! scaled integers with delta + zigzag varints when every value of the series is exactly
 //! `n / 10^k` (collectors round to a fixed precision, so this is the common case), and as
 //! Gorilla XOR bit streams otherwise. The whole thing is then zstd-compressed.
+//!
+//! The two forms share the body byte for byte, so turning one into the other (agent at
+//! send time, aggregator before its WAL) rewrites only the key part: the values are never
+//! re-encoded.
 //!
 //! Decoding is bounds-checked everywhere: counts are checked against the bytes left before
 //! anything is allocated, and the decompressed size is capped by [`MAX_DECODED_LEN`].
@@ -26,14 +39,18 @@ use thiserror::Error;
 
 use crate::model::{Batch, Event, Point, SeriesKey, SeriesPoints};
 
-/// First byte of every payload (after decompression).
+/// First byte of a self-contained payload (after decompression).
 pub const FORMAT_VERSION: u8 = 1;
+
+/// First byte of a connection-form payload: series named by connection-local ids
+/// (`crate::dict`). Only valid on a protocol-2 connection.
+pub const FORMAT_CONNECTION: u8 = 2;
 
 /// Largest decompressed payload accepted. Protects against zstd bombs.
 pub const MAX_DECODED_LEN: usize = 64 * 1024 * 1024;
 
-/// zstd level: 3 is zstd's default and costs little CPU on the node.
-const ZSTD_LEVEL: i32 = 3;
+/// zstd level of what the agent sends: 3 is zstd's default and costs little CPU on the node.
+pub const ZSTD_LEVEL: i32 = 3;
 
 const KIND_GORILLA: u8 = 0;
 const KIND_SCALED: u8 = 1;
@@ -59,21 +76,26 @@ fn invalid(msg: impl Into<String>) -> CodecError {
     CodecError::Invalid(msg.into())
 }
 
-/// Encodes and compresses a batch.
+/// Encodes and compresses a batch (self-contained form).
 pub fn encode_batch(batch: &Batch) -> Vec<u8> {
-    let raw = encode_uncompressed(batch);
-    // zstd on an in-memory buffer only fails on allocation failure; fall back to storing
-    // raw would need a flag, so an empty result is impossible in practice.
-    zstd::bulk::compress(&raw, ZSTD_LEVEL).unwrap_or_default()
+    compress(&encode_uncompressed(batch), ZSTD_LEVEL)
 }
 
-/// Decompresses and decodes a batch.
+/// Decompresses and decodes a self-contained batch.
 pub fn decode_batch(payload: &[u8]) -> Result<Batch, CodecError> {
-    let raw = decompress_bounded(payload)?;
+    let raw = decompress(payload)?;
     decode_uncompressed(&raw)
 }
 
-fn decompress_bounded(payload: &[u8]) -> Result<Vec<u8>, CodecError> {
+/// zstd at `level`. Any level decodes the same.
+pub fn compress(raw: &[u8], level: i32) -> Vec<u8> {
+    // zstd on an in-memory buffer only fails on allocation failure; fall back to storing
+    // raw would need a flag, so an empty result is impossible in practice.
+    zstd::bulk::compress(raw, level).unwrap_or_default()
+}
+
+/// Decompresses a payload, refusing to grow past [`MAX_DECODED_LEN`].
+pub fn decompress(payload: &[u8]) -> Result<Vec<u8>, CodecError> {
     use std::io::Read;
     let decoder = zstd::stream::read::Decoder::new(payload)
         .map_err(|e| CodecError::Decompress(e.to_string()))?;
@@ -91,129 +113,118 @@ fn decompress_bounded(payload: &[u8]) -> Result<Vec<u8>, CodecError> {
     Ok(out)
 }
 
-/// The payload before compression. Public for benchmarks and fuzzing.
+/// The self-contained payload before compression. Public for benchmarks and fuzzing.
 pub fn encode_uncompressed(batch: &Batch) -> Vec<u8> {
-    let mut strings = StringTable::default();
-    let mut series_refs = Vec::with_capacity(batch.series.len());
-    for s in &batch.series {
-        let entity = strings.intern(&s.key.entity);
-        let metric = strings.intern(&s.key.metric);
-        let labels: Vec<(u32, u32)> = s
-            .key
-            .labels
-            .iter()
-            .map(|(k, v)| (strings.intern(k), strings.intern(v)))
-            .collect();
-        series_refs.push((entity, metric, labels));
-    }
-
-    // Timestamp groups: identical timestamp vectors are stored once.
-    let mut groups: Vec<Vec<i64>> = Vec::new();
-    let mut group_of: HashMap<Vec<i64>, u32> = HashMap::new();
-    let mut series_group = Vec::with_capacity(batch.series.len());
-    for s in &batch.series {
-        let ts: Vec<i64> = s.points.iter().map(|p| p.ts_ms).collect();
-        let idx = match group_of.get(&ts) {
-            Some(&idx) => idx,
-            None => {
-                let idx = groups.len() as u32;
-                group_of.insert(ts.clone(), idx);
-                groups.push(ts);
-                idx
-            }
-        };
-        series_group.push(idx);
-    }
-
+    let keys: Vec<&SeriesKey> = batch.series.iter().map(|s| &s.key).collect();
     let mut out = Vec::with_capacity(64 + batch.n_samples() * 2);
     out.push(FORMAT_VERSION);
-    put_varint(&mut out, strings.list.len() as u64);
-    for s in &strings.list {
-        put_varint(&mut out, s.len() as u64);
-        out.extend_from_slice(s.as_bytes());
-    }
-    put_varint(&mut out, series_refs.len() as u64);
-    for (entity, metric, labels) in &series_refs {
-        put_varint(&mut out, *entity as u64);
-        put_varint(&mut out, *metric as u64);
-        put_varint(&mut out, labels.len() as u64);
-        for (k, v) in labels {
-            put_varint(&mut out, *k as u64);
-            put_varint(&mut out, *v as u64);
-        }
-    }
-    put_varint(&mut out, groups.len() as u64);
-    for ts in &groups {
-        put_varint(&mut out, ts.len() as u64);
-        let mut prev = 0i64;
-        let mut prev_delta = 0i64;
-        for (idx, &t) in ts.iter().enumerate() {
-            match idx {
-                0 => put_varint(&mut out, zigzag(t)),
-                1 => {
-                    prev_delta = t.wrapping_sub(prev);
-                    put_varint(&mut out, zigzag(prev_delta));
-                }
-                _ => {
-                    let delta = t.wrapping_sub(prev);
-                    put_varint(&mut out, zigzag(delta.wrapping_sub(prev_delta)));
-                    prev_delta = delta;
-                }
-            }
-            prev = t;
-        }
-    }
-    for (s, group) in batch.series.iter().zip(&series_group) {
-        put_varint(&mut out, *group as u64);
-        encode_values(&mut out, &s.points);
-    }
-    let events = postcard::to_allocvec(&batch.events).unwrap_or_default();
-    put_varint(&mut out, events.len() as u64);
-    out.extend_from_slice(&events);
+    put_key_table(&mut out, &keys, None);
+    put_body(&mut out, batch);
     out
 }
 
 /// Decodes a payload produced by [`encode_uncompressed`]. Public for fuzzing.
 pub fn decode_uncompressed(raw: &[u8]) -> Result<Batch, CodecError> {
+    let parts = split_self_contained(raw)?;
+    decode_body(parts.keys, parts.body)
+}
+
+/// A self-contained (format 1) payload cut in two: its series keys, and the body bytes.
+#[derive(Debug, PartialEq)]
+pub struct SelfContained<'a> {
+    /// The batch's series keys, in column order.
+    pub keys: Vec<SeriesKey>,
+    /// Timestamp groups, columns and events, undecoded.
+    pub body: &'a [u8],
+}
+
+/// Reads the key part of an uncompressed format-1 payload; the body is left undecoded
+/// (and unchecked: [`decode_body`] checks it).
+pub fn split_self_contained(raw: &[u8]) -> Result<SelfContained<'_>, CodecError> {
     let mut r = Reader { buf: raw, pos: 0 };
     let version = r.byte("format version")?;
+    if version == FORMAT_CONNECTION {
+        return Err(invalid(
+            "connection-form payload (format 2) needs the connection's series dictionary",
+        ));
+    }
     if version != FORMAT_VERSION {
         return Err(invalid(format!("unknown format version {version}")));
     }
-    let n_strings = r.count("string count", 1)?;
-    let mut strings = Vec::with_capacity(n_strings);
-    for _ in 0..n_strings {
-        let len = r.count("string length", 1)?;
-        let bytes = r.take(len, "string bytes")?;
-        let s = std::str::from_utf8(bytes).map_err(|_| invalid("string is not UTF-8"))?;
-        strings.push(s.to_string());
-    }
-    let string = |idx: u64| -> Result<String, CodecError> {
-        strings
-            .get(idx as usize)
-            .cloned()
-            .ok_or_else(|| invalid(format!("string index {idx} out of range")))
-    };
+    let (keys, _) = read_key_table(&mut r, false)?;
+    Ok(SelfContained {
+        keys,
+        body: &raw[r.pos..],
+    })
+}
 
-    let n_series = r.count("series count", 3)?;
-    let mut keys = Vec::with_capacity(n_series);
-    for _ in 0..n_series {
-        let entity = string(r.varint("entity index")?)?;
-        let metric = string(r.varint("metric index")?)?;
-        let n_labels = r.count("label count", 2)?;
-        let mut labels = Vec::with_capacity(n_labels);
-        for _ in 0..n_labels {
-            let k = string(r.varint("label key")?)?;
-            let v = string(r.varint("label value")?)?;
-            labels.push((k, v));
-        }
-        keys.push(SeriesKey {
-            entity,
-            metric,
-            labels,
-        });
-    }
+/// An uncompressed format-1 payload from keys and a body taken from either form.
+pub fn join_self_contained(keys: &[&SeriesKey], body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + keys.len() * 16 + body.len());
+    out.push(FORMAT_VERSION);
+    put_key_table(&mut out, keys, None);
+    out.extend_from_slice(body);
+    out
+}
 
+/// A connection-form (format 2) payload cut apart.
+#[derive(Debug, PartialEq)]
+pub struct ConnectionForm<'a> {
+    /// Definitions carried by this batch: id → key.
+    pub defs: Vec<(u32, SeriesKey)>,
+    /// The batch's series as ids, in column order.
+    pub ids: Vec<u32>,
+    /// Timestamp groups, columns and events, undecoded.
+    pub body: &'a [u8],
+}
+
+/// Reads the definitions and ids of an uncompressed format-2 payload; the body is left
+/// undecoded.
+pub fn split_connection_form(raw: &[u8]) -> Result<ConnectionForm<'_>, CodecError> {
+    let mut r = Reader { buf: raw, pos: 0 };
+    let version = r.byte("format version")?;
+    if version != FORMAT_CONNECTION {
+        return Err(invalid(format!(
+            "format version {version} is not the connection form"
+        )));
+    }
+    let (keys, def_ids) = read_key_table(&mut r, true)?;
+    let defs = def_ids.into_iter().zip(keys).collect();
+    let n = r.count("series id count", 1)?;
+    let mut ids = Vec::with_capacity(n);
+    let mut prev = -1i64;
+    for _ in 0..n {
+        let id = read_id(&mut r, &mut prev, "series id")?;
+        ids.push(id);
+    }
+    Ok(ConnectionForm {
+        defs,
+        ids,
+        body: &raw[r.pos..],
+    })
+}
+
+/// An uncompressed format-2 payload. `defs` are written in the order given; ids as gaps
+/// from the previous one, so the usual ascending runs cost a zero byte each before zstd.
+pub fn join_connection_form(defs: &[(u32, &SeriesKey)], ids: &[u32], body: &[u8]) -> Vec<u8> {
+    let keys: Vec<&SeriesKey> = defs.iter().map(|(_, k)| *k).collect();
+    let def_ids: Vec<u32> = defs.iter().map(|(id, _)| *id).collect();
+    let mut out = Vec::with_capacity(16 + keys.len() * 16 + ids.len() + body.len());
+    out.push(FORMAT_CONNECTION);
+    put_key_table(&mut out, &keys, Some(&def_ids));
+    put_varint(&mut out, ids.len() as u64);
+    let mut prev = -1i64;
+    for &id in ids {
+        put_id(&mut out, &mut prev, id);
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+/// Decodes a body (either form) whose columns belong to `keys`, in order. Trailing bytes
+/// are an error.
+pub fn decode_body(keys: Vec<SeriesKey>, body: &[u8]) -> Result<Batch, CodecError> {
+    let mut r = Reader { buf: body, pos: 0 };
     let n_groups = r.count("timestamp group count", 1)?;
     let mut groups: Vec<Vec<i64>> = Vec::with_capacity(n_groups);
     for _ in 0..n_groups {
@@ -240,7 +251,11 @@ pub fn decode_uncompressed(raw: &[u8]) -> Result<Batch, CodecError> {
         groups.push(ts);
     }
 
-    let mut series = Vec::with_capacity(n_series);
+    // Each column takes at least 3 bytes (group index, kind, scale or length).
+    if keys.len().saturating_mul(3) > r.remaining() {
+        return Err(CodecError::Truncated("columns"));
+    }
+    let mut series = Vec::with_capacity(keys.len());
     for key in keys {
         let group_idx = r.varint("timestamp group index")? as usize;
         let ts = groups
@@ -259,10 +274,166 @@ pub fn decode_uncompressed(raw: &[u8]) -> Result<Batch, CodecError> {
     let events_bytes = r.take(events_len, "events")?;
     let events: Vec<Event> =
         postcard::from_bytes(events_bytes).map_err(|e| invalid(format!("events: {e}")))?;
-    if r.pos != raw.len() {
-        return Err(invalid(format!("{} trailing bytes", raw.len() - r.pos)));
+    if r.pos != body.len() {
+        return Err(invalid(format!("{} trailing bytes", body.len() - r.pos)));
     }
     Ok(Batch { series, events })
+}
+
+/// Writes a string table and then one entry per key (preceded by its id gap when `ids`
+/// is given): the key part of both forms.
+fn put_key_table(out: &mut Vec<u8>, keys: &[&SeriesKey], ids: Option<&[u32]>) {
+    let mut strings = StringTable::default();
+    let mut refs = Vec::with_capacity(keys.len());
+    for key in keys {
+        let entity = strings.intern(&key.entity);
+        let metric = strings.intern(&key.metric);
+        let labels: Vec<(u32, u32)> = key
+            .labels
+            .iter()
+            .map(|(k, v)| (strings.intern(k), strings.intern(v)))
+            .collect();
+        refs.push((entity, metric, labels));
+    }
+    put_varint(out, strings.list.len() as u64);
+    for s in &strings.list {
+        put_varint(out, s.len() as u64);
+        out.extend_from_slice(s.as_bytes());
+    }
+    put_varint(out, refs.len() as u64);
+    let mut prev = -1i64;
+    for (idx, (entity, metric, labels)) in refs.iter().enumerate() {
+        if let Some(id) = ids.and_then(|ids| ids.get(idx)) {
+            put_id(out, &mut prev, *id);
+        }
+        put_varint(out, u64::from(*entity));
+        put_varint(out, u64::from(*metric));
+        put_varint(out, labels.len() as u64);
+        for (k, v) in labels {
+            put_varint(out, u64::from(*k));
+            put_varint(out, u64::from(*v));
+        }
+    }
+}
+
+/// Reads what [`put_key_table`] wrote; the ids are empty unless `with_ids`.
+fn read_key_table(
+    r: &mut Reader<'_>,
+    with_ids: bool,
+) -> Result<(Vec<SeriesKey>, Vec<u32>), CodecError> {
+    let n_strings = r.count("string count", 1)?;
+    let mut strings = Vec::with_capacity(n_strings);
+    for _ in 0..n_strings {
+        let len = r.count("string length", 1)?;
+        let bytes = r.take(len, "string bytes")?;
+        let s = std::str::from_utf8(bytes).map_err(|_| invalid("string is not UTF-8"))?;
+        strings.push(s);
+    }
+    // Keys copy their strings: a long string named by many series would multiply, so the
+    // text materialised over all keys is capped like a decompressed payload.
+    let mut budget = MAX_DECODED_LEN;
+    let mut string = |idx: u64| -> Result<String, CodecError> {
+        let s = strings
+            .get(idx as usize)
+            .ok_or_else(|| invalid(format!("string index {idx} out of range")))?;
+        budget = budget
+            .checked_sub(s.len())
+            .ok_or_else(|| invalid("series keys expand past the decoded-size limit"))?;
+        Ok(s.to_string())
+    };
+
+    let min_entry = if with_ids { 4 } else { 3 };
+    let n_series = r.count("series count", min_entry)?;
+    let mut keys = Vec::with_capacity(n_series);
+    let mut ids = Vec::with_capacity(if with_ids { n_series } else { 0 });
+    let mut prev = -1i64;
+    for _ in 0..n_series {
+        if with_ids {
+            ids.push(read_id(r, &mut prev, "definition id")?);
+        }
+        let entity = string(r.varint("entity index")?)?;
+        let metric = string(r.varint("metric index")?)?;
+        let n_labels = r.count("label count", 2)?;
+        let mut labels = Vec::with_capacity(n_labels);
+        for _ in 0..n_labels {
+            let k = string(r.varint("label key")?)?;
+            let v = string(r.varint("label value")?)?;
+            labels.push((k, v));
+        }
+        keys.push(SeriesKey {
+            entity,
+            metric,
+            labels,
+        });
+    }
+    Ok((keys, ids))
+}
+
+/// An id as the zigzag gap from the previous one minus one: ascending runs write zeros.
+fn put_id(out: &mut Vec<u8>, prev: &mut i64, id: u32) {
+    let id = i64::from(id);
+    put_varint(out, zigzag(id - *prev - 1));
+    *prev = id;
+}
+
+fn read_id(r: &mut Reader<'_>, prev: &mut i64, what: &'static str) -> Result<u32, CodecError> {
+    let gap = unzigzag(r.varint(what)?);
+    let id = prev
+        .checked_add(1)
+        .and_then(|p| p.checked_add(gap))
+        .and_then(|id| u32::try_from(id).ok())
+        .ok_or_else(|| invalid(format!("{what} outside 0..2^32")))?;
+    *prev = i64::from(id);
+    Ok(id)
+}
+
+/// Timestamp groups, columns and events: the part both forms share.
+fn put_body(out: &mut Vec<u8>, batch: &Batch) {
+    // Timestamp groups: identical timestamp vectors are stored once.
+    let mut groups: Vec<Vec<i64>> = Vec::new();
+    let mut group_of: HashMap<Vec<i64>, u32> = HashMap::new();
+    let mut series_group = Vec::with_capacity(batch.series.len());
+    for s in &batch.series {
+        let ts: Vec<i64> = s.points.iter().map(|p| p.ts_ms).collect();
+        let idx = match group_of.get(&ts) {
+            Some(&idx) => idx,
+            None => {
+                let idx = groups.len() as u32;
+                group_of.insert(ts.clone(), idx);
+                groups.push(ts);
+                idx
+            }
+        };
+        series_group.push(idx);
+    }
+    put_varint(out, groups.len() as u64);
+    for ts in &groups {
+        put_varint(out, ts.len() as u64);
+        let mut prev = 0i64;
+        let mut prev_delta = 0i64;
+        for (idx, &t) in ts.iter().enumerate() {
+            match idx {
+                0 => put_varint(out, zigzag(t)),
+                1 => {
+                    prev_delta = t.wrapping_sub(prev);
+                    put_varint(out, zigzag(prev_delta));
+                }
+                _ => {
+                    let delta = t.wrapping_sub(prev);
+                    put_varint(out, zigzag(delta.wrapping_sub(prev_delta)));
+                    prev_delta = delta;
+                }
+            }
+            prev = t;
+        }
+    }
+    for (s, group) in batch.series.iter().zip(&series_group) {
+        put_varint(out, u64::from(*group));
+        encode_values(out, &s.points);
+    }
+    let events = postcard::to_allocvec(&batch.events).unwrap_or_default();
+    put_varint(out, events.len() as u64);
+    out.extend_from_slice(&events);
 }
 
 /// Picks the smaller of the scaled-integer and Gorilla encodings for one series.
@@ -683,6 +854,47 @@ mod tests {
             decode_uncompressed(&raw),
             Err(CodecError::Truncated(_))
         ));
+    }
+
+    #[test]
+    fn keys_sharing_a_long_string_cannot_multiply_it() {
+        // One 1 MiB string named by 100 series: 100 MiB of keys from ~1 MiB of input.
+        let mut raw = vec![FORMAT_VERSION];
+        put_varint(&mut raw, 1);
+        put_varint(&mut raw, 1 << 20);
+        raw.extend(std::iter::repeat_n(b'x', 1 << 20));
+        put_varint(&mut raw, 100);
+        for _ in 0..100 {
+            raw.extend([0, 0, 0]);
+        }
+        raw.extend([0, 0]);
+        assert!(matches!(
+            decode_uncompressed(&raw),
+            Err(CodecError::Invalid(why)) if why.contains("limit")
+        ));
+    }
+
+    #[test]
+    fn both_forms_share_the_body() {
+        let batch = Batch {
+            series: vec![series("host", "cpu", &[(1, 1.5), (2, 2.25)])],
+            events: vec![],
+        };
+        let raw = encode_uncompressed(&batch);
+        let parts = split_self_contained(&raw).unwrap();
+        let key = &parts.keys[0];
+        let conn = join_connection_form(&[(7, key)], &[7], parts.body);
+        let form = split_connection_form(&conn).unwrap();
+        assert_eq!(form.defs, vec![(7, key.clone())]);
+        assert_eq!(form.ids, vec![7]);
+        assert_eq!(form.body, parts.body);
+        assert_eq!(join_self_contained(&[key], form.body), raw);
+        for cut in 0..conn.len() {
+            let cut = &conn[..cut];
+            let ok = split_connection_form(cut)
+                .and_then(|f| decode_body(vec![key.clone(); f.ids.len()], f.body));
+            assert!(ok.is_err(), "cut at {}", cut.len());
+        }
     }
 
     fn arb_value() -> impl Strategy<Value = f64> {
