@@ -11,8 +11,17 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-/// Version of this protocol. The aggregator refuses a `Hello` with another major version.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version of this protocol: 2 adds the connection-scoped series dictionary
+/// (`crate::dict`, codec format 2). The agent says the highest it speaks; the aggregator
+/// answers the version the connection uses (`HelloAck::protocol_version`).
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// Oldest version the aggregator still accepts. A protocol-1 connection carries only
+/// self-contained (format 1) payloads.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+
+/// First version whose batches may use the connection form (codec format 2).
+pub const DICTIONARY_VERSION: u16 = 2;
 
 /// Largest frame accepted, in bytes (payload after the 4-byte length prefix).
 pub const MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
@@ -40,13 +49,14 @@ pub struct Hello {
 /// The aggregator's answer to an accepted [`Hello`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HelloAck {
-    /// [`PROTOCOL_VERSION`] of the aggregator.
+    /// The version this connection speaks: the lower of the agent's and the aggregator's.
     pub protocol_version: u16,
     /// Highest seq of this session already durable, if any: the agent may forget up to it.
     pub durable_through: Option<u64>,
 }
 
-/// One batch of records, as compressed by [`crate::codec::encode_batch`].
+/// One batch of records: a codec payload, self-contained ([`crate::codec::encode_batch`])
+/// or, on a protocol-2 connection, in the connection form ([`crate::dict::SenderDict`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BatchFrame {
     /// Node the records belong to; must equal the certificate's node name.

@@ -7,6 +7,13 @@
 //! WAL in arrival order, and acked only once durable. Acks go back in order while later
 //! batches are already being written (pipelining).
 //!
+//! Protocol 2 connections name series by ids (`common::dict`): each connection keeps its
+//! own bounded dictionary, and a batch is resolved back to the self-contained form before
+//! the WAL, so the WAL, dedup and the store never see ids. A connection whose dictionary
+//! cannot be trusted any more (an id used before its definition, a redefinition, over the
+//! cap) is closed after the acks of the batches before it; the agent's next connection
+//! starts both dictionaries empty and resends what was not acked.
+//!
 //! Bounds: connections (a semaphore; past it, new connections are refused with a clear
 //! close reason), batches in flight per connection, and payload bytes in flight overall.
 
@@ -16,7 +23,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use common::codec;
-use common::wire::{self, Frame, Hello, HelloAck, PROTOCOL_VERSION};
+use common::dict::{DictError, ReceiverDict, Resolved};
+use common::wire::{
+    self, DICTIONARY_VERSION, Frame, Hello, HelloAck, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+};
 use quinn::{RecvStream, SendStream};
 use thiserror::Error;
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -61,6 +71,9 @@ pub mod close_code {
     pub const UNAVAILABLE: u32 = 4;
     /// A batch claimed another node's identity.
     pub const IDENTITY: u32 = 5;
+    /// The connection's series dictionary is out of sync (an id used before its
+    /// definition): reconnect, both ends start empty, nothing acked is lost.
+    pub const RESYNC: u32 = 6;
 }
 
 /// Why a connection ended badly.
@@ -80,6 +93,10 @@ enum ConnError {
     Refused(String),
     #[error("store unavailable: {0}")]
     Store(String),
+    /// The connection's series dictionary cannot be trusted; closed with `code` once the
+    /// batches before are acked.
+    #[error("series dictionary: {reason}")]
+    Dictionary { code: u32, reason: String },
 }
 
 /// Serves connections on `endpoint` until `shutdown` turns true.
@@ -198,16 +215,18 @@ async fn handle(
         .await
         .map_err(|e| ConnError::Store(e.to_string()))?;
     let durable_through = store.durable_through(&node, hello.session);
+    let version = hello.protocol_version.min(PROTOCOL_VERSION);
     write_frame(
         &mut send,
         &Frame::HelloAck(HelloAck {
-            protocol_version: PROTOCOL_VERSION,
+            protocol_version: version,
             durable_through,
         }),
     )
     .await?;
     metrics.connections.with_label_values(&["accepted"]).inc();
-    tracing::info!(node = %node, session = hello.session, agent = %hello.agent_version, ?durable_through, "node connected");
+    tracing::info!(node = %node, session = hello.session, agent = %hello.agent_version, protocol = version, ?durable_through, "node connected");
+    let dict = (version >= DICTIONARY_VERSION).then(ReceiverDict::default);
 
     // Acks leave in the order batches arrived, while later batches are being written.
     let (ack_tx, mut ack_rx) = mpsc::channel::<AckJob>(limits.max_inflight_batches);
@@ -253,7 +272,7 @@ async fn handle(
     });
 
     let result = read_batches(
-        &conn, &mut recv, &node, &hello, store, metrics, inflight, &ack_tx,
+        &conn, &mut recv, &node, &hello, dict, store, metrics, inflight, &ack_tx,
     )
     .await;
     drop(ack_tx);
@@ -262,6 +281,10 @@ async fn handle(
         Ok(()) => {
             close(&conn, close_code::DONE, "bye");
             Ok(node)
+        }
+        Err(ConnError::Dictionary { code, reason }) => {
+            close(&conn, code, &reason);
+            Err(ConnError::Dictionary { code, reason })
         }
         Err(e) => Err(e),
     }
@@ -285,6 +308,7 @@ async fn read_batches(
     recv: &mut RecvStream,
     node: &str,
     hello: &Hello,
+    mut dict: Option<ReceiverDict>,
     store: &Store,
     metrics: &Metrics,
     inflight: &Arc<Semaphore>,
@@ -331,6 +355,17 @@ async fn read_batches(
             .durable_through(node, session)
             .is_some_and(|max| seq <= max)
         {
+            // It will be acked, and the agent then counts the definitions it carried as
+            // known here: learn them although the records are not stored again.
+            if let Some(d) = dict.as_mut() {
+                match d.learn(&batch.payload) {
+                    Err(e) if e.ends_connection() => return Err(dictionary_error(node, seq, e)),
+                    Err(e) => {
+                        tracing::debug!(node = %node, session, seq, error = %e, "duplicate batch does not decode; acked anyway")
+                    }
+                    Ok(_) => {}
+                }
+            }
             metrics.batches.with_label_values(&["duplicate"]).inc();
             send_job(
                 ack_tx,
@@ -350,17 +385,33 @@ async fn read_batches(
             .acquire_many_owned(kib)
             .await
             .map_err(|e| ConnError::Store(e.to_string()))?;
-        let decoded = codec::decode_batch(&batch.payload)
-            .map_err(|e| e.to_string())
-            .and_then(|b| schema::to_arrow(node, &b).map_err(|e| e.to_string()));
+        let resolved = match dict.as_mut() {
+            Some(d) => d.decode(&batch.payload),
+            None => codec::decode_batch(&batch.payload)
+                .map(|batch| Resolved {
+                    batch,
+                    self_contained: None,
+                    definitions: 0,
+                })
+                .map_err(DictError::from),
+        };
+        let resolved = match resolved {
+            Err(e) if e.ends_connection() => return Err(dictionary_error(node, seq, e)),
+            other => other,
+        };
+        let decoded = resolved.map_err(|e| e.to_string()).and_then(|r| {
+            let arrow = schema::to_arrow(node, &r.batch).map_err(|e| e.to_string())?;
+            Ok((arrow, r.self_contained))
+        });
         let outcome = match decoded {
-            Ok(decoded) => {
+            Ok((decoded, self_contained)) => {
+                // The WAL holds self-contained payloads only: replay has no dictionary.
                 let entry = WalEntry::Batch {
                     node: node.to_string(),
                     session,
                     seq,
                     received_ms: now_ms(),
-                    payload: batch.payload,
+                    payload: self_contained.unwrap_or(batch.payload),
                 };
                 let pending = store
                     .submit(entry, decoded)
@@ -400,10 +451,23 @@ async fn send_job(tx: &mpsc::Sender<AckJob>, job: AckJob) -> Result<(), ConnErro
         .map_err(|_| ConnError::Write("ack writer stopped".into()))
 }
 
+/// What to close the connection with when its dictionary fails.
+fn dictionary_error(node: &str, seq: u64, e: DictError) -> ConnError {
+    let code = match e {
+        DictError::UnknownId { .. } => close_code::RESYNC,
+        _ => close_code::PROTOCOL,
+    };
+    let reason = format!("batch {seq}: {e}");
+    tracing::warn!(node = %node, seq, error = %e, code, "series dictionary unusable; closing the connection");
+    ConnError::Dictionary { code, reason }
+}
+
 fn check_hello(hello: &Hello, cert_node: &str) -> Result<(), String> {
-    if hello.protocol_version != PROTOCOL_VERSION {
+    // Newer agents are answered with our version and must speak it; older than
+    // MIN_PROTOCOL_VERSION cannot be served.
+    if hello.protocol_version < MIN_PROTOCOL_VERSION {
         return Err(format!(
-            "protocol version {} not supported (this aggregator speaks {PROTOCOL_VERSION})",
+            "protocol version {} not supported (this aggregator speaks {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION})",
             hello.protocol_version
         ));
     }
@@ -510,4 +574,42 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(version: u16, node: &str) -> Hello {
+        Hello {
+            protocol_version: version,
+            node: node.into(),
+            agent_version: "t".into(),
+            boot_id: "b".into(),
+            session: 1,
+            capabilities: vec![],
+        }
+    }
+
+    #[test]
+    fn both_protocol_versions_accepted() {
+        assert!(check_hello(&hello(1, "n1"), "n1").is_ok());
+        assert!(check_hello(&hello(PROTOCOL_VERSION, "n1"), "n1").is_ok());
+        // A newer agent is answered with our version (min of both) and must speak it.
+        assert!(check_hello(&hello(PROTOCOL_VERSION + 1, "n1"), "n1").is_ok());
+        let why = check_hello(&hello(0, "n1"), "n1").unwrap_err();
+        assert!(why.starts_with("protocol version"), "{why}");
+        assert!(check_hello(&hello(2, "n2"), "n1").is_err());
+    }
+
+    #[test]
+    fn dictionary_failures_map_to_close_codes() {
+        let code = |e| match dictionary_error("n", 1, e) {
+            ConnError::Dictionary { code, .. } => code,
+            _ => unreachable!(),
+        };
+        assert_eq!(code(DictError::UnknownId { id: 3 }), close_code::RESYNC);
+        assert_eq!(code(DictError::Redefined { id: 3 }), close_code::PROTOCOL);
+        assert_eq!(code(DictError::OverCap("x".into())), close_code::PROTOCOL);
+    }
 }

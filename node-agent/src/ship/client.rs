@@ -4,12 +4,18 @@
 //! pipelined up to a window, acks read concurrently. Any failure drops the connection;
 //! unacked batches are resent on the next one, after an exponential backoff with jitter.
 //! On stop, the client keeps going until the outbox is empty or the grace period ends.
+//!
+//! On a protocol-2 connection every batch is rewritten at send time into the connection
+//! form (`common::dict::SenderDict`, one per connection, fed with the acks); the outbox and
+//! spool keep the self-contained form, so a resend on any later connection works. When the
+//! dictionary is full, the connection is drained and replaced by a fresh one.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::wire::{self, BatchFrame, Frame, Hello};
+use common::dict::SenderDict;
+use common::wire::{self, BatchFrame, DICTIONARY_VERSION, Frame, Hello};
 use quinn::{RecvStream, SendStream};
 use thiserror::Error;
 use tokio::sync::{Notify, watch};
@@ -74,6 +80,18 @@ enum SessionError {
     Protocol(String),
 }
 
+/// How long a full dictionary's connection waits for its batches in flight to be answered
+/// before it is replaced anyway (what is unanswered is resent on the next one).
+const RENEW_DRAIN: Duration = Duration::from_secs(10);
+
+/// How a session ended without error.
+enum SessionEnd {
+    /// Stopping: the outbox is drained or the grace period is over.
+    Stopped,
+    /// The series dictionary is full: open a fresh connection right away.
+    Renew,
+}
+
 /// Runs until `stop` turns true and the outbox is drained (or the grace period ends).
 pub async fn run(
     cfg: ClientConfig,
@@ -90,6 +108,7 @@ pub async fn run(
     endpoint.set_default_client_config(cfg.quic.clone());
     let mut backoff = cfg.backoff_min;
     let mut deadline: Option<Instant> = None;
+    let mut hello = cfg.hello.clone();
     loop {
         if *stop.borrow() {
             let d = *deadline.get_or_insert_with(|| Instant::now() + cfg.drain_grace);
@@ -100,6 +119,7 @@ pub async fn run(
         match session(
             &endpoint,
             &cfg,
+            &hello,
             &shared,
             &metrics,
             &mut stop,
@@ -108,11 +128,24 @@ pub async fn run(
         )
         .await
         {
-            Ok(()) => break,
+            Ok(SessionEnd::Stopped) => break,
+            Ok(SessionEnd::Renew) => {
+                tracing::info!("series dictionary full; opening a fresh connection");
+                continue;
+            }
             Err(e) => {
                 metrics.connect_failures.inc();
                 metrics.connected.set(0);
                 match &e {
+                    // An aggregator older than protocol 2 refuses our version by name
+                    // (its `check_hello` wording): speak protocol 1 to it from now on.
+                    SessionError::Rejected(why)
+                        if why.starts_with("protocol version")
+                            && hello.protocol_version > wire::MIN_PROTOCOL_VERSION =>
+                    {
+                        tracing::warn!(error = %e, "aggregator speaks an older protocol; falling back to protocol 1 (self-contained batches)");
+                        hello.protocol_version = wire::MIN_PROTOCOL_VERSION;
+                    }
                     SessionError::Rejected(_) => {
                         tracing::error!(error = %e, "aggregator refused this node; will retry")
                     }
@@ -151,15 +184,17 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(factor)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn session(
     endpoint: &quinn::Endpoint,
     cfg: &ClientConfig,
+    hello: &Hello,
     shared: &Shared,
     metrics: &AgentMetrics,
     stop: &mut watch::Receiver<bool>,
     deadline: &mut Option<Instant>,
     backoff: &mut Duration,
-) -> Result<(), SessionError> {
+) -> Result<SessionEnd, SessionError> {
     let conn = endpoint
         .connect(cfg.aggregator, &cfg.server_name)
         .map_err(|e| SessionError::Connect(e.to_string()))?
@@ -169,23 +204,32 @@ async fn session(
         .open_bi()
         .await
         .map_err(|e| SessionError::Lost(e.to_string()))?;
-    write_frame(&mut send, &Frame::Hello(cfg.hello.clone())).await?;
-    match read_frame(&mut recv).await? {
+    write_frame(&mut send, &Frame::Hello(hello.clone())).await?;
+    let version = match read_frame(&mut recv).await? {
         Some(Frame::HelloAck(ack)) => {
             shared.outbox().handle_connected(ack.durable_through);
-            tracing::info!(aggregator = %cfg.aggregator, durable_through = ?ack.durable_through, "connected");
+            tracing::info!(aggregator = %cfg.aggregator, protocol = ack.protocol_version, durable_through = ?ack.durable_through, "connected");
+            ack.protocol_version
         }
         Some(Frame::Reject { reason }) => return Err(SessionError::Rejected(reason)),
         Some(_) => return Err(SessionError::Protocol("expected HelloAck".into())),
         None => return Err(SessionError::Lost(close_reason(&conn))),
-    }
+    };
     metrics.connected.set(1);
     *backoff = cfg.backoff_min;
+    // This connection's dictionary (protocol 2); an older aggregator gets the spooled
+    // self-contained payloads as they are.
+    let version = version.min(hello.protocol_version);
+    let dict_cell = Mutex::new((version >= DICTIONARY_VERSION).then(SenderDict::default));
+    let dict = || lock(&dict_cell);
 
     let reader = async {
         loop {
             match read_frame(&mut recv).await? {
                 Some(Frame::Ack { seq, .. }) => {
+                    if let Some(d) = dict().as_mut() {
+                        d.on_ack(seq);
+                    }
                     let mut o = shared.outbox();
                     o.handle_ack(seq);
                     metrics.batches_acked.inc();
@@ -194,6 +238,9 @@ async fn session(
                 }
                 Some(Frame::Nack { seq, reason, .. }) => {
                     tracing::error!(seq, reason = %reason, "aggregator refused a batch; dropped");
+                    if let Some(d) = dict().as_mut() {
+                        d.on_refused(seq);
+                    }
                     shared.outbox().handle_nack(seq);
                     metrics.batches_nacked.inc();
                 }
@@ -211,21 +258,28 @@ async fn session(
     let writer = async {
         loop {
             loop {
-                let bytes = {
-                    let mut o = shared.outbox();
-                    let Some(entry) = o.next_to_send(cfg.window) else {
-                        break;
-                    };
-                    metrics
-                        .payload_bytes_sent
-                        .inc_by(entry.payload.len() as u64);
-                    wire::encode_frame(&Frame::Batch(BatchFrame {
-                        node: cfg.hello.node.clone(),
-                        session: cfg.hello.session,
-                        seq: entry.seq,
-                        payload: entry.payload,
-                    }))
+                if dict().as_ref().is_some_and(SenderDict::is_full) {
+                    return renew(shared, &dict_cell).await;
+                }
+                let Some(entry) = shared.outbox().next_to_send(cfg.window) else {
+                    break;
                 };
+                // Outside the outbox lock: the collection loop keeps pushing meanwhile.
+                let payload = match dict().as_mut() {
+                    Some(d) => d.encode(entry.seq, &entry.payload).unwrap_or_else(|e| {
+                        // The aggregator will refuse it with a reason; nothing to fix here.
+                        tracing::error!(seq = entry.seq, error = %e, "spooled batch does not decode; sent as is");
+                        entry.payload
+                    }),
+                    None => entry.payload,
+                };
+                metrics.payload_bytes_sent.inc_by(payload.len() as u64);
+                let bytes = wire::encode_frame(&Frame::Batch(BatchFrame {
+                    node: cfg.hello.node.clone(),
+                    session: cfg.hello.session,
+                    seq: entry.seq,
+                    payload,
+                }));
                 send.write_all(&bytes)
                     .await
                     .map_err(|e| SessionError::Lost(e.to_string()))?;
@@ -234,7 +288,7 @@ async fn session(
             if *stop.borrow() {
                 let d = *deadline.get_or_insert_with(|| Instant::now() + cfg.drain_grace);
                 if shared.outbox().is_empty() || Instant::now() >= d {
-                    return Ok::<(), SessionError>(());
+                    return Ok::<SessionEnd, SessionError>(SessionEnd::Stopped);
                 }
                 tokio::select! {
                     _ = shared.changed.notified() => {}
@@ -252,11 +306,40 @@ async fn session(
         r = reader => r,
         w = writer => w,
     };
-    if result.is_ok() {
-        let _ = send.finish();
-        conn.close(quinn::VarInt::from_u32(0), b"agent stopping");
+    match &result {
+        Ok(SessionEnd::Stopped) => {
+            let _ = send.finish();
+            conn.close(quinn::VarInt::from_u32(0), b"agent stopping");
+        }
+        Ok(SessionEnd::Renew) => {
+            let _ = send.finish();
+            conn.close(quinn::VarInt::from_u32(0), b"series dictionary full");
+        }
+        Err(_) => {}
     }
     result
+}
+
+/// Waits (bounded) until every batch sent on this connection is answered, so the fresh
+/// connection does not resend what was about to be acked.
+async fn renew(
+    shared: &Shared,
+    dict: &Mutex<Option<SenderDict>>,
+) -> Result<SessionEnd, SessionError> {
+    let deadline = Instant::now() + RENEW_DRAIN;
+    while lock(dict).as_ref().is_some_and(|d| d.unanswered() > 0) && Instant::now() < deadline {
+        tokio::select! {
+            _ = shared.changed.notified() => {}
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+        }
+    }
+    Ok(SessionEnd::Renew)
+}
+
+/// The dictionary: a poisoned lock still holds a consistent one (each method finishes its
+/// bookkeeping before anything that could panic).
+fn lock(dict: &Mutex<Option<SenderDict>>) -> MutexGuard<'_, Option<SenderDict>> {
+    dict.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn close_reason(conn: &quinn::Connection) -> String {
