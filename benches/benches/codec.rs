@@ -9,12 +9,18 @@
 //!
 //! A second table puts the same samples next to Prometheus remote-write 1.0 (protobuf
 //! `WriteRequest`, snappy; `benches::remote_write`), one request per batch interval.
+//!
+//! The first table is what travels on a protocol-2 connection: the connection form
+//! (`common::dict`), measured over the real sequence of one connection (the first batch
+//! carries every definition, each batch acked before the next, as at the agent's pace),
+//! every payload resolved back by a `ReceiverDict` and checked against the original.
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use benches::{NodeStream, StreamConfig, remote_write, variants};
 use common::codec;
+use common::dict::{ReceiverDict, SenderDict};
 use common::model::{Batch, SeriesPoints};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
@@ -56,6 +62,112 @@ fn keys_only(batch: &Batch) -> Batch {
 
 fn batches(cfg: StreamConfig, batch_secs: u32) -> Vec<Batch> {
     NodeStream::new(cfg).batches((STREAM_SECS / batch_secs) as usize, batch_secs)
+}
+
+/// What one connection sends for `list`: each batch's wire payload, in order. Every batch is
+/// acked before the next is sent (the agent's pace: acks take milliseconds, batches come
+/// every few seconds), and every payload is resolved back and compared.
+fn connection_payloads(list: &[Batch]) -> Vec<Vec<u8>> {
+    let (mut tx, mut rx) = (SenderDict::default(), ReceiverDict::default());
+    list.iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let seq = i as u64 + 1;
+            let payload = tx
+                .encode(seq, &codec::encode_batch(b))
+                .expect("own payload");
+            let back = rx.decode(&payload).expect("connection form resolves");
+            assert_eq!(&back.batch, b, "connection form changed batch {seq}");
+            tx.on_ack(seq);
+            payload
+        })
+        .collect()
+}
+
+/// The headline: the protocol-2 connection form against the self-contained (protocol 1)
+/// form and remote-write, same samples.
+fn print_connection_form() {
+    println!();
+    println!(
+        "Wire bytes per sample, protocol 2 (connection-scoped series dictionary), {STREAM_SECS} s of a realistic node stream (seed 1):"
+    );
+    println!(
+        "{:<7} {:>5} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>7}  targets: conn <= {TARGET_BYTES_PER_SAMPLE} B/sample, ratio >= {TARGET_RATIO_VS_REMOTE_WRITE}x",
+        "stream",
+        "batch",
+        "samples",
+        "v1",
+        "conn",
+        "conn",
+        "1st batch",
+        "rw+snappy",
+        "ratio",
+        "rw Prom",
+        "ratio"
+    );
+    println!(
+        "{:<7} {:>5} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>7}",
+        "", "", "", "B/sample", "B/sample", "steady", "bytes", "B/sample", "", "B/sample", ""
+    );
+    for (name, cfg) in variants(1) {
+        for batch_secs in [1u32, 5, 10] {
+            let list = batches(cfg.clone(), batch_secs);
+            let samples: usize = list.iter().map(Batch::n_samples).sum();
+            let v1: usize = list.iter().map(|b| codec::encode_batch(b).len()).sum();
+            let conn = connection_payloads(&list);
+            let conn_bytes: usize = conn.iter().map(Vec::len).sum();
+            let first = conn[0].len();
+            let later_samples = samples - list[0].n_samples();
+            let rw: usize = list
+                .iter()
+                .map(|b| remote_write::encode(NODE, b).len())
+                .sum();
+            let rw_prom: usize = list
+                .iter()
+                .flat_map(|b| {
+                    remote_write::encode_as_queue_manager(
+                        NODE,
+                        b,
+                        remote_write::MAX_SAMPLES_PER_SEND,
+                    )
+                })
+                .map(|r| r.len())
+                .sum();
+            let per = |bytes: usize| bytes as f64 / samples as f64;
+            let ratio = rw as f64 / conn_bytes as f64;
+            let verdict = if per(conn_bytes) <= TARGET_BYTES_PER_SAMPLE
+                && ratio >= TARGET_RATIO_VS_REMOTE_WRITE
+            {
+                "ok"
+            } else {
+                "MISSES TARGET"
+            };
+            println!(
+                "{:<7} {:>4}s {:>8} {:>9.3} {:>9.3} {:>9.3} {:>9} {:>9.3} {:>6.1}x {:>9.3} {:>6.1}x  {verdict}",
+                name,
+                batch_secs,
+                samples,
+                per(v1),
+                per(conn_bytes),
+                (conn_bytes - first) as f64 / later_samples as f64,
+                first,
+                per(rw),
+                ratio,
+                per(rw_prom),
+                rw_prom as f64 / conn_bytes as f64,
+            );
+        }
+    }
+    println!(
+        "  v1: self-contained payloads (protocol 1; what the spool and the WAL hold); conn: the connection form"
+    );
+    println!(
+        "    over one connection's {STREAM_SECS} s, first batch (all definitions) included; conn steady: without the first batch"
+    );
+    println!(
+        "  rw+snappy / rw Prom: Prometheus remote-write as in the table below; ratio = rw / conn; verdict on conn vs rw+snappy"
+    );
+    println!();
 }
 
 fn print_sizes() {
@@ -263,15 +375,14 @@ fn print_what_if() {
     println!("  zstd 19: the same raw layout at zstd level 19 instead of 3 (encoder-only)");
     println!("  sorted: series ordered by (metric, entity) before encoding, zstd 3 (encoder-only)");
     println!(
-        "  no keys: codec minus the batch's series dictionary = what a per-session dictionary"
+        "  no keys: codec minus the batch's series dictionary: the floor a per-connection dictionary"
     );
-    println!(
-        "    (keys sent once per session, batches naming series by id) would cost when steady"
-    );
+    println!("    approaches when steady (protocol 2 adds the ids and new series' definitions)");
     println!();
 }
 
 fn bench_codec(c: &mut Criterion) {
+    print_connection_form();
     print_sizes();
     print_remote_write();
     print_what_if();
@@ -297,6 +408,46 @@ fn bench_codec(c: &mut Criterion) {
             b.iter(|| {
                 for payload in &payloads {
                     black_box(codec::decode_batch(black_box(payload)).expect("own payload"));
+                }
+            })
+        });
+        // Protocol 2, steady state: the agent's send-time rewrite of spooled payloads, and
+        // the aggregator's resolution (records + the self-contained WAL copy).
+        let mut tx = SenderDict::default();
+        let mut seq = 0u64;
+        let mut conn = Vec::new();
+        for p in &payloads {
+            seq += 1;
+            conn.push(tx.encode(seq, p).expect("own payload"));
+            tx.on_ack(seq);
+        }
+        group.bench_function(format!("conn_encode/{name}/5s"), |b| {
+            b.iter(|| {
+                for payload in &payloads {
+                    seq += 1;
+                    black_box(tx.encode(seq, black_box(payload)).expect("own payload"));
+                    tx.on_ack(seq);
+                }
+            })
+        });
+        let mut rx = ReceiverDict::default();
+        for p in &conn {
+            rx.decode(p).expect("own payload");
+        }
+        // Steady payloads (the second round) carry no definitions.
+        let steady: Vec<Vec<u8>> = payloads
+            .iter()
+            .map(|p| {
+                seq += 1;
+                let out = tx.encode(seq, p).expect("own payload");
+                tx.on_ack(seq);
+                out
+            })
+            .collect();
+        group.bench_function(format!("conn_resolve/{name}/5s"), |b| {
+            b.iter(|| {
+                for payload in &steady {
+                    black_box(rx.decode(black_box(payload)).expect("own payload"));
                 }
             })
         });

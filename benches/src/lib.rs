@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use common::dict::SenderDict;
 use common::model::{Batch, Point, SeriesKey, SeriesPoints};
 use common::wire::{self, BatchFrame, Frame, Hello};
 use rustls::RootCertStore;
@@ -917,7 +918,73 @@ pub fn client_config(
 pub struct SimAgent {
     /// Node name (the certificate's common name).
     pub node: String,
+    /// Protocol version said in `Hello`: [`wire::PROTOCOL_VERSION`] (batches rewritten at
+    /// send time into the connection form, as the agent does), or 1 (self-contained).
+    pub protocol: u16,
     endpoint: quinn::Endpoint,
+}
+
+/// The agent's sender half of one connection: rewrites spooled (self-contained) payloads
+/// into what the connection speaks, and learns from acks which definitions are known.
+/// Shared by the simulated agents of the benches.
+#[derive(Debug)]
+pub struct Sender {
+    dict: std::sync::Mutex<Option<SenderDict>>,
+}
+
+impl Sender {
+    /// For a connection whose `HelloAck` said `version`.
+    pub fn new(version: u16) -> Self {
+        Sender {
+            dict: std::sync::Mutex::new(
+                (version >= wire::DICTIONARY_VERSION).then(SenderDict::default),
+            ),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<SenderDict>> {
+        self.dict.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The `Batch` frame for `seq`, built at send time as the agent builds it, and the
+    /// length of the payload in it.
+    pub fn frame(
+        &self,
+        node: &str,
+        session: u64,
+        seq: u64,
+        self_contained: &[u8],
+    ) -> (Vec<u8>, usize) {
+        let payload = match self.lock().as_mut() {
+            // Our own payloads always decode; fall back to sending them as they are.
+            Some(d) => d
+                .encode(seq, self_contained)
+                .unwrap_or_else(|_| self_contained.to_vec()),
+            None => self_contained.to_vec(),
+        };
+        let len = payload.len();
+        let frame = wire::encode_frame(&Frame::Batch(BatchFrame {
+            node: node.to_string(),
+            session,
+            seq,
+            payload,
+        }));
+        (frame, len)
+    }
+
+    /// `seq` was acked.
+    pub fn acked(&self, seq: u64) {
+        if let Some(d) = self.lock().as_mut() {
+            d.on_ack(seq);
+        }
+    }
+
+    /// `seq` was refused.
+    pub fn refused(&self, seq: u64) {
+        if let Some(d) = self.lock().as_mut() {
+            d.on_refused(seq);
+        }
+    }
 }
 
 /// What one agent session measured.
@@ -951,14 +1018,16 @@ impl SimAgent {
         endpoint.set_default_client_config(cfg);
         Ok(SimAgent {
             node: node.to_string(),
+            protocol: wire::PROTOCOL_VERSION,
             endpoint,
         })
     }
 
     /// One session, as node-agent/src/ship/client.rs runs it: connect, `Hello` →
     /// `HelloAck`, then `batches` as `Batch` frames with seq 1.. pipelined up to `window`
-    /// unacked, acks read concurrently. The frames are built before the clock starts;
-    /// sending starts once every session sharing `gate` has its `HelloAck`.
+    /// unacked, acks read concurrently. Each frame is built when it is sent (protocol 2:
+    /// the connection form depends on what was acked), as the agent does; sending starts
+    /// once every session sharing `gate` has its `HelloAck`.
     pub async fn session(
         &self,
         aggregator: SocketAddr,
@@ -967,19 +1036,6 @@ impl SimAgent {
         window: usize,
         gate: &tokio::sync::Barrier,
     ) -> anyhow::Result<SessionStats> {
-        let frames: Vec<(Vec<u8>, usize)> = batches
-            .iter()
-            .enumerate()
-            .map(|(idx, b)| {
-                let frame = Frame::Batch(BatchFrame {
-                    node: self.node.clone(),
-                    session,
-                    seq: idx as u64 + 1,
-                    payload: b.payload.clone(),
-                });
-                (wire::encode_frame(&frame), b.samples)
-            })
-            .collect();
         let conn = self
             .endpoint
             .connect(aggregator, "localhost")?
@@ -987,7 +1043,7 @@ impl SimAgent {
             .context("QUIC connect")?;
         let (mut send, mut recv) = conn.open_bi().await?;
         let hello = Hello {
-            protocol_version: wire::PROTOCOL_VERSION,
+            protocol_version: self.protocol,
             node: self.node.clone(),
             agent_version: "bench".into(),
             boot_id: format!("boot-{session:016x}"),
@@ -996,22 +1052,23 @@ impl SimAgent {
         };
         send.write_all(&wire::encode_frame(&Frame::Hello(hello)))
             .await?;
-        match read_frame(&mut recv).await? {
-            Some(Frame::HelloAck(_)) => {}
+        let sender = match read_frame(&mut recv).await? {
+            Some(Frame::HelloAck(ack)) => Sender::new(ack.protocol_version.min(self.protocol)),
             other => anyhow::bail!("expected HelloAck, got {other:?}"),
-        }
+        };
 
-        let sent_at: Vec<std::sync::OnceLock<Instant>> = (0..frames.len())
+        let sent_at: Vec<std::sync::OnceLock<Instant>> = (0..batches.len())
             .map(|_| std::sync::OnceLock::new())
             .collect();
         let window = tokio::sync::Semaphore::new(window);
         gate.wait().await;
         let started = Instant::now();
         let writer = async {
-            for (idx, (bytes, _)) in frames.iter().enumerate() {
+            for (idx, b) in batches.iter().enumerate() {
                 window.acquire().await?.forget();
+                let (bytes, _) = sender.frame(&self.node, session, idx as u64 + 1, &b.payload);
                 let _ = sent_at[idx].set(Instant::now());
-                send.write_all(bytes).await?;
+                send.write_all(&bytes).await?;
             }
             anyhow::Ok(())
         };
@@ -1021,18 +1078,19 @@ impl SimAgent {
                 samples: 0,
                 started,
                 finished: started,
-                ack_latencies: Vec::with_capacity(frames.len()),
+                ack_latencies: Vec::with_capacity(batches.len()),
             };
-            while stats.acked < frames.len() {
+            while stats.acked < batches.len() {
                 match read_frame(&mut recv).await? {
                     Some(Frame::Ack { seq, .. }) => {
-                        let idx = (seq - 1) as usize;
+                        let idx = seq.checked_sub(1).context("ack for seq 0")? as usize;
                         let sent = sent_at
                             .get(idx)
                             .and_then(|s| s.get())
                             .context("ack for a batch never sent")?;
+                        sender.acked(seq);
                         stats.ack_latencies.push(sent.elapsed());
-                        stats.samples += frames[idx].1;
+                        stats.samples += batches[idx].samples;
                         stats.acked += 1;
                         window.add_permits(1);
                     }

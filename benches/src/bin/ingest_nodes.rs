@@ -26,9 +26,13 @@
 //! Last, a shedding probe: an aggregator started with `--max-connections 8` and 10 agents,
 //! showing what the refused ones are told.
 //!
-//! Payloads are encoded before the clock starts; `--distinct` streams (default 100) are
-//! generated and node i sends stream i mod distinct under its own name, so the generator
-//! does not spend the two cores on generating data.
+//! Self-contained payloads (what an agent spools) are encoded before the clock starts;
+//! `--distinct` streams (default 100) are generated and node i sends stream i mod distinct
+//! under its own name, so the generator does not spend the two cores on generating data.
+//! Each frame is built when it is sent, as the agent builds it: with `--protocol 2` (the
+//! default) in the connection form, which depends on what was acked (definitions travel
+//! until a batch carrying them is acked), so the generator's CPU includes that rewrite;
+//! `--protocol 1` sends the self-contained payloads as a protocol-1 agent does.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -41,10 +45,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use benches::{NodeStream, Prepared, StreamConfig, percentile};
+use benches::{NodeStream, Prepared, Sender, StreamConfig, percentile};
 use common::codec;
 use common::pki;
-use common::wire::{self, BatchFrame, Frame, Hello};
+use common::wire::{self, Frame, Hello};
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, watch};
 
@@ -83,11 +87,13 @@ struct Opts {
     max_batches: usize,
     handshakes: usize,
     probe: bool,
+    /// Protocol version the agents speak.
+    protocol: u16,
 }
 
 const USAGE: &str = "usage: ingest-nodes [--aggregator PATH] [--nodes 10,100,1000] [--secs 30] \
 [--modes realtime,max] [--out target/bench-ingest-nodes.json] [--distinct 100] \
-[--max-batches 2000] [--handshakes 64] [--no-probe]";
+[--max-batches 2000] [--handshakes 64] [--protocol 2] [--no-probe]";
 
 fn parse_args(args: &[String]) -> anyhow::Result<Opts> {
     // Beside this binary: target/release/{ingest-nodes,aggregator}, report in target/.
@@ -108,6 +114,7 @@ fn parse_args(args: &[String]) -> anyhow::Result<Opts> {
         max_batches: 2000,
         handshakes: 64,
         probe: true,
+        protocol: wire::PROTOCOL_VERSION,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -155,6 +162,12 @@ fn parse_args(args: &[String]) -> anyhow::Result<Opts> {
             "--distinct" => opts.distinct = num(&value)?,
             "--max-batches" => opts.max_batches = num(&value)?,
             "--handshakes" => opts.handshakes = num(&value)?,
+            "--protocol" => {
+                opts.protocol = match num(&value)? {
+                    v @ 1..=2 => v as u16,
+                    v => bail!("--protocol: {v} (1 or 2)"),
+                }
+            }
             other => bail!("unknown option {other:?}\n{USAGE}"),
         }
     }
@@ -451,6 +464,10 @@ struct AgentResult {
     nacked: usize,
     samples: usize,
     sent: usize,
+    /// Payload bytes sent (what the protocol put on the wire, frames excluded).
+    bytes: usize,
+    /// Samples in the batches sent.
+    sent_samples: usize,
     latencies: Vec<Duration>,
     first_send: Option<Instant>,
     last_ack: Option<Instant>,
@@ -477,7 +494,10 @@ struct Spec {
     node: String,
     session: u64,
     client: quinn::ClientConfig,
-    frames: Vec<(Vec<u8>, usize)>,
+    /// Self-contained payloads; the first `count` are sent.
+    batches: Arc<Vec<Prepared>>,
+    count: usize,
+    protocol: u16,
     /// When to send batch 0, after the start; batch k goes at `offset + k × interval`.
     offset: Duration,
     interval: Option<Duration>,
@@ -500,7 +520,7 @@ async fn run_agent(spec: Spec, shared: Arc<Shared>) -> AgentResult {
         Ok(s) => s.unwrap_or_else(Instant::now),
         Err(_) => Instant::now(),
     };
-    let (endpoint, conn, mut send, mut recv) = match connected {
+    let (endpoint, conn, mut send, mut recv, version) = match connected {
         Ok(c) => c,
         Err(e) => {
             res.error = Some(format!("{e:#}"));
@@ -508,20 +528,27 @@ async fn run_agent(spec: Spec, shared: Arc<Shared>) -> AgentResult {
         }
     };
     res.connected = true;
-    let n = spec.frames.len();
+    let n = spec.count;
+    let sender = Sender::new(version);
+    let bytes = AtomicUsize::new(0);
+    let sent_samples = AtomicUsize::new(0);
     let sent_at: Vec<std::sync::OnceLock<Instant>> =
         (0..n).map(|_| std::sync::OnceLock::new()).collect();
     let window = Semaphore::new(WINDOW);
     let sent = AtomicUsize::new(0);
     let writer = async {
-        for (k, (bytes, _)) in spec.frames.iter().enumerate() {
+        for (k, b) in spec.batches.iter().take(n).enumerate() {
             if let Some(interval) = spec.interval {
                 let at = start + spec.offset + interval * k as u32;
                 tokio::time::sleep_until(at.into()).await;
             }
             window.acquire().await?.forget();
+            let (frame, payload_len) =
+                sender.frame(&spec.node, spec.session, k as u64 + 1, &b.payload);
+            bytes.fetch_add(payload_len, Ordering::Relaxed);
+            sent_samples.fetch_add(b.samples, Ordering::Relaxed);
             let _ = sent_at[k].set(Instant::now());
-            send.write_all(bytes).await?;
+            send.write_all(&frame).await?;
             sent.fetch_add(1, Ordering::Relaxed);
         }
         anyhow::Ok(())
@@ -530,8 +557,14 @@ async fn run_agent(spec: Spec, shared: Arc<Shared>) -> AgentResult {
         let mut out = (0usize, 0usize, 0usize, Vec::with_capacity(n), None);
         while out.0 + out.1 < n {
             let (seq, nack) = match read_frame(&mut recv).await? {
-                Some(Frame::Ack { seq, .. }) => (seq, false),
-                Some(Frame::Nack { seq, .. }) => (seq, true),
+                Some(Frame::Ack { seq, .. }) => {
+                    sender.acked(seq);
+                    (seq, false)
+                }
+                Some(Frame::Nack { seq, .. }) => {
+                    sender.refused(seq);
+                    (seq, true)
+                }
                 other => bail!("expected Ack, got {other:?}"),
             };
             let idx = seq.checked_sub(1).context("ack for seq 0")? as usize;
@@ -545,7 +578,7 @@ async fn run_agent(spec: Spec, shared: Arc<Shared>) -> AgentResult {
                 out.1 += 1;
             } else {
                 out.0 += 1;
-                out.2 += spec.frames[idx].1;
+                out.2 += spec.batches.get(idx).map_or(0, |b| b.samples);
             }
             out.4 = Some(now);
             window.add_permits(1);
@@ -554,6 +587,8 @@ async fn run_agent(spec: Spec, shared: Arc<Shared>) -> AgentResult {
     };
     let (w, r) = tokio::join!(writer, reader);
     res.sent = sent.load(Ordering::Relaxed);
+    res.bytes = bytes.load(Ordering::Relaxed);
+    res.sent_samples = sent_samples.load(Ordering::Relaxed);
     res.first_send = sent_at.first().and_then(|s| s.get().copied());
     match r {
         Ok((acked, nacked, samples, lat, last)) => {
@@ -579,6 +614,7 @@ type Connected = (
     quinn::Connection,
     quinn::SendStream,
     quinn::RecvStream,
+    u16,
 );
 
 async fn connect(spec: &Spec, shared: &Shared) -> anyhow::Result<Connected> {
@@ -590,7 +626,7 @@ async fn connect(spec: &Spec, shared: &Shared) -> anyhow::Result<Connected> {
         .context("QUIC connect")?;
     let (mut send, mut recv) = conn.open_bi().await.context("open stream")?;
     let hello = Hello {
-        protocol_version: wire::PROTOCOL_VERSION,
+        protocol_version: spec.protocol,
         node: spec.node.clone(),
         agent_version: "bench-ingest-nodes".into(),
         boot_id: format!("boot-{:016x}", spec.session),
@@ -601,7 +637,13 @@ async fn connect(spec: &Spec, shared: &Shared) -> anyhow::Result<Connected> {
         .await
         .context("send Hello")?;
     match tokio::time::timeout(Duration::from_secs(30), read_frame(&mut recv)).await {
-        Ok(Ok(Some(Frame::HelloAck(_)))) => Ok((endpoint, conn, send, recv)),
+        Ok(Ok(Some(Frame::HelloAck(ack)))) => Ok((
+            endpoint,
+            conn,
+            send,
+            recv,
+            ack.protocol_version.min(spec.protocol),
+        )),
         Ok(Ok(Some(Frame::Reject { reason }))) => bail!("Reject: {reason}"),
         Ok(Ok(other)) => bail!("expected HelloAck, got {other:?}"),
         Ok(Err(e)) => Err(e.context("waiting for HelloAck")),
@@ -672,20 +714,7 @@ fn run_phase(
             let node = format!("sim-node-{i:04}");
             let session = session_base + i as u64;
             let stream = &streams[i % streams.len()];
-            let frames = stream
-                .iter()
-                .take(batches_per_node)
-                .enumerate()
-                .map(|(k, p)| {
-                    let frame = Frame::Batch(BatchFrame {
-                        node: node.clone(),
-                        session,
-                        seq: k as u64 + 1,
-                        payload: p.payload.clone(),
-                    });
-                    (wire::encode_frame(&frame), p.samples)
-                })
-                .collect();
+            let count = batches_per_node.min(stream.len());
             let (offset, interval) = match mode {
                 Mode::Realtime => (interval * i as u32 / n as u32, Some(interval)),
                 Mode::Max => (Duration::ZERO, None),
@@ -694,7 +723,9 @@ fn run_phase(
                 node,
                 session,
                 client: configs[i].clone(),
-                frames,
+                batches: stream.clone(),
+                count,
+                protocol: opts.protocol,
                 offset,
                 interval,
             }
@@ -784,6 +815,8 @@ fn summarize(n: usize, mode: Mode, batches_per_node: usize, p: &PhaseOut) -> Val
     let acked: usize = p.agents.iter().map(|a| a.acked).sum();
     let nacked: usize = p.agents.iter().map(|a| a.nacked).sum();
     let sent: usize = p.agents.iter().map(|a| a.sent).sum();
+    let sent_bytes: usize = p.agents.iter().map(|a| a.bytes).sum();
+    let sent_samples: usize = p.agents.iter().map(|a| a.sent_samples).sum();
     let samples: usize = p.agents.iter().map(|a| a.samples).sum();
     let first = p.agents.iter().filter_map(|a| a.first_send).min();
     let last = p.agents.iter().filter_map(|a| a.last_ack).max();
@@ -832,6 +865,10 @@ fn summarize(n: usize, mode: Mode, batches_per_node: usize, p: &PhaseOut) -> Val
         conn("accepted"),
         conn("shed") + conn("refused_tls") + conn("refused_hello"),
     );
+    println!(
+        "        wire payload sent: {sent_bytes} B ({:.3} B/sample)",
+        sent_bytes as f64 / sent_samples.max(1) as f64
+    );
     for (e, count) in &errors {
         println!("        {count} agent(s): {e}");
     }
@@ -841,6 +878,8 @@ fn summarize(n: usize, mode: Mode, batches_per_node: usize, p: &PhaseOut) -> Val
         "batch_secs": BATCH_SECS,
         "batches_per_node": batches_per_node,
         "batches_sent": sent,
+        "payload_bytes_sent": sent_bytes,
+        "payload_bytes_per_sample": sent_bytes as f64 / sent_samples.max(1) as f64,
         "batches_acked": acked,
         "batches_nacked": nacked,
         "samples_acked": samples,
@@ -892,7 +931,9 @@ fn shed_probe(
                 node: format!("sim-node-{i:04}"),
                 session: 9_000_000 + i as u64,
                 client: cfg.clone(),
-                frames: Vec::new(),
+                batches: Arc::new(Vec::new()),
+                count: 0,
+                protocol: wire::PROTOCOL_VERSION,
                 offset: Duration::ZERO,
                 interval: None,
             };
@@ -910,7 +951,7 @@ fn shed_probe(
                 Err(e) => out.push(format!("{e:#}")),
             }
         }
-        for (endpoint, conn, _, _) in held {
+        for (endpoint, conn, _, _, _) in held {
             conn.close(quinn::VarInt::from_u32(0), b"probe done");
             let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
         }
@@ -1049,6 +1090,7 @@ fn run(opts: &Opts, work: &Path) -> anyhow::Result<()> {
         "bench": "ingest-nodes",
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "window": WINDOW,
+        "protocol": opts.protocol,
         "secs": opts.secs,
         "phases": phases,
         "shed_probe": probe,
