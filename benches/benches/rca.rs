@@ -4,7 +4,8 @@
 //! Run: `cargo bench -p benches --bench rca`.
 //!
 //! Measures `aggregator::rca::rank` with onset detection (no window: the per-series
-//! change-point pass runs too) and with a given window. Before criterion runs, prints
+//! change-point pass runs too), with a given window, single-threaded, and a plain read
+//! pass over the same points as the yardstick (the printed ratio is from one run). Before criterion runs, prints
 //! one timed run of each and the winner, so the figure and its correctness show
 //! together.
 
@@ -109,6 +110,29 @@ fn bench_rca(c: &mut Criterion) {
         assert_eq!(top.map(|c| c.target.as_str()), Some("svc-417"));
     }
 
+    // The same-run yardstick: one pass that reads every point once (what any engine
+    // has to pay at least), timed alternately with the single-threaded engine, so the
+    // ratio holds even when other work on the machine moves both.
+    let one_thread = RcaConfig {
+        threads: 1,
+        ..RcaConfig::default()
+    };
+    let (mut t_rank, mut t_pass) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..3 {
+        let start = Instant::now();
+        black_box(rank(black_box(&detect), &one_thread));
+        t_rank += start.elapsed();
+        let start = Instant::now();
+        black_box(read_pass(black_box(&detect)));
+        t_pass += start.elapsed();
+    }
+    println!(
+        "rca one thread: {:.3} s per rank, one read pass {:.3} s: rank = {:.1} read passes",
+        t_rank.as_secs_f64() / 3.0,
+        t_pass.as_secs_f64() / 3.0,
+        t_rank.as_secs_f64() / t_pass.as_secs_f64().max(1e-9),
+    );
+
     let mut group = c.benchmark_group("rca");
     group
         .sample_size(10)
@@ -122,7 +146,28 @@ fn bench_rca(c: &mut Criterion) {
     group.bench_function("rank/500x10x3600/window", |b| {
         b.iter(|| rank(black_box(&windowed), &cfg))
     });
+    group.bench_function("rank/500x10x3600/detect/1-thread", |b| {
+        b.iter(|| rank(black_box(&detect), &one_thread))
+    });
+    group.bench_function("read-pass/500x10x3600", |b| {
+        b.iter(|| read_pass(black_box(&detect)))
+    });
     group.finish();
+}
+
+/// Reads every point once: per series the sum of values and the last timestamp.
+fn read_pass(input: &RcaInput) -> f64 {
+    input
+        .series
+        .iter()
+        .map(|s| {
+            let (sum, last) = s
+                .points
+                .iter()
+                .fold((0.0, 0i64), |(a, _), &(t, v)| (a + v, t));
+            sum + last as f64
+        })
+        .sum()
 }
 
 criterion_group!(benches, bench_rca);

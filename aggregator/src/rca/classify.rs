@@ -52,7 +52,9 @@ impl MetricClass {
 // then resources (so `net.rx_errors` is network and `disk.read_latency` is disk), then
 // errors, then latency.
 const CRASH_TOKENS: &[&str] = &["up", "exit", "exited", "oomkilled"];
-const CRASH_SUBSTR: &[&str] = &["restart", "crash", "terminated"];
+// `refused`: connections refused at a listening port, i.e. nothing listens there any
+// more (the process is down).
+const CRASH_SUBSTR: &[&str] = &["restart", "crash", "terminated", "refused"];
 const MEM_TOKENS: &[&str] = &["mem", "rss", "oom", "swap", "heap", "gc"];
 const MEM_SUBSTR: &[&str] = &[
     "memory",
@@ -142,6 +144,7 @@ pub fn classify_event(kind: &str, detail: &str) -> (MetricClass, bool) {
         || k.contains("restart")
         || k.contains("exit")
         || k.contains("kill")
+        || k.contains("refused")
     {
         (MetricClass::Crash, true)
     } else if k.contains("error") || k.contains("fail") {
@@ -164,7 +167,11 @@ pub fn event_weight(kind: &str) -> f64 {
         0.95
     } else if k.contains("crash") {
         0.9
-    } else if k.contains("restart") || k.contains("exit") || k.contains("kill") {
+    } else if k.contains("restart")
+        || k.contains("exit")
+        || k.contains("kill")
+        || k.contains("refused")
+    {
         0.8
     } else if k.contains("error") || k.contains("fail") {
         0.7

@@ -185,6 +185,14 @@ fn describe(item: &Item, input: &RcaInput, full: bool) -> String {
                 format!("{metric} {verb} ({:.1} deviations)", e.z)
             }
         }
+        Item::Event { event, count, .. } if *count > 1 => match input.events.get(*event) {
+            Some(ev) => format!(
+                "it logged {count} {} events from {}",
+                ev.kind,
+                clock(ev.ts_ms)
+            ),
+            None => "events".to_string(),
+        },
         Item::Event { event, .. } => match input.events.get(*event) {
             Some(ev) if ev.detail.is_empty() => {
                 format!(

@@ -16,7 +16,8 @@ use super::stats::{best_split, diff_sigma, median, median5};
 pub struct Scratch {
     pub ts: Vec<i64>,
     pub xs: Vec<f64>,
-    pub a: Vec<f64>,
+    /// Selection keys (`stats::key`).
+    pub k: Vec<i64>,
     pub b: Vec<f64>,
     pub c: Vec<f64>,
     pub d: Vec<f64>,
@@ -31,14 +32,19 @@ pub fn change_point(ts: &[i64], xs: &[f64], cfg: &RcaConfig, s: &mut Scratch) ->
     if n < 2 * min_seg {
         return None;
     }
-    let mut sigma = diff_sigma(xs, &mut s.a, &mut s.b);
-    let mut level = median(xs, &mut s.a).abs();
-    if level == 0.0 {
-        level = xs.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-    }
+    let mut sigma = diff_sigma(xs, &mut s.k);
     // A perfectly flat series has no noise; judge its steps against a 1% floor of its
-    // level so that a step on it is a change and a constant is not.
-    sigma = sigma.max(cfg.rel_eps * level);
+    // level so that a step on it is a change and a constant is not. |median| is at most
+    // max |x|: when the noise already clears the floor at that bound, the median (one
+    // more selection) cannot change sigma and is not computed.
+    let max_abs = xs.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    if !(cfg.rel_eps >= 0.0 && sigma >= cfg.rel_eps * max_abs) {
+        let mut level = median(xs, &mut s.k).abs();
+        if level == 0.0 {
+            level = max_abs;
+        }
+        sigma = sigma.max(cfg.rel_eps * level);
+    }
     if sigma.is_nan() || sigma <= 0.0 || !sigma.is_finite() {
         return None;
     }
@@ -54,11 +60,12 @@ pub fn change_point(ts: &[i64], xs: &[f64], cfg: &RcaConfig, s: &mut Scratch) ->
     let prefix = &s.d;
     let significant =
         |(_, stat, shift): (usize, f64, f64)| stat >= cfg.cp_threshold && shift >= cfg.cp_min_shift;
-    let mut found = best_split(prefix, 0, n, min_seg, sigma).filter(|&b| significant(b))?;
+    let mut found =
+        best_split(prefix, 0, n, min_seg, sigma, &mut s.b).filter(|&b| significant(b))?;
     // Look left for an earlier change: a pulse's end edge or the middle of a ramp can
     // win the first split, and the onset is the earliest edge. Three rounds at most.
     for _ in 0..3 {
-        match best_split(prefix, 0, found.0, min_seg, sigma).filter(|&b| significant(b)) {
+        match best_split(prefix, 0, found.0, min_seg, sigma, &mut s.b).filter(|&b| significant(b)) {
             Some(b) => found = b,
             None => break,
         }

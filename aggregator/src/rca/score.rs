@@ -39,7 +39,10 @@ pub struct SeriesEval {
 pub enum Item {
     Series(SeriesEval),
     Event {
+        /// The first (earliest) of the events this item stands for.
         event: usize,
+        /// Repeated lifecycle events (a crash loop's exits) are one item: how many.
+        count: usize,
         class: MetricClass,
         cause: bool,
         weighted: f64,
@@ -173,6 +176,11 @@ pub fn rank(input: &RcaInput, cfg: &RcaConfig) -> Ranking {
         let c = comp_of(&series[eval.series].component);
         comps[c].items.push(Item::Series(eval));
     }
+    // Lifecycle events (crash, exit, restart, kill, refused connections, OOM kills) of
+    // one kind on one component are one item whose confidence grows with each
+    // repetition, `1 - prod(1 - confidence)`: a process that crashes again and again
+    // is surer to be the cause than one that crashed once. Other events count one by one.
+    let mut repeated: BTreeMap<(usize, String), (usize, usize, Vec<f64>)> = BTreeMap::new();
     for (i, e) in input.events.iter().enumerate() {
         if e.ts_ms < onset.saturating_sub(slack) || e.ts_ms > hi {
             continue;
@@ -183,11 +191,40 @@ pub fn rank(input: &RcaInput, cfg: &RcaConfig) -> Ranking {
         } else {
             1.0
         };
-        comps[comp_of(&e.component)].items.push(Item::Event {
+        let c = comp_of(&e.component);
+        if cause && (class == MetricClass::Crash || class == MetricClass::Memory) {
+            let entry =
+                repeated
+                    .entry((c, e.kind.to_ascii_lowercase()))
+                    .or_insert((i, 0, Vec::new()));
+            let first = &input.events[entry.0];
+            if (e.ts_ms, &e.detail) < (first.ts_ms, &first.detail) {
+                entry.0 = i;
+            }
+            entry.1 += 1;
+            entry.2.push(confidence);
+            continue;
+        }
+        comps[c].items.push(Item::Event {
             event: i,
+            count: 1,
             class,
             cause,
             weighted: event_weight(&e.kind) * confidence,
+        });
+    }
+    for ((c, _), (first, count, mut confidences)) in repeated {
+        // Sorted, so the product does not depend on the input order.
+        confidences.sort_by(f64::total_cmp);
+        let miss: f64 = confidences.iter().map(|p| 1.0 - p).product();
+        let e = &input.events[first];
+        let (class, cause) = classify_event(&e.kind, &e.detail);
+        comps[c].items.push(Item::Event {
+            event: first,
+            count,
+            class,
+            cause,
+            weighted: event_weight(&e.kind) * (1.0 - miss),
         });
     }
     for c in &mut comps {
@@ -340,8 +377,13 @@ fn evidence_list(c: &Comp, comps: &[Comp], input: &RcaInput, cfg: &RcaConfig) ->
                     note: format!("{verb} ({role}); onset {}", explain::clock(e.onset_ms)),
                 }
             }
-            Item::Event { event, .. } => {
+            Item::Event { event, count, .. } => {
                 let ev = &input.events[*event];
+                let what = if *count > 1 {
+                    format!("{} {} events, the first", count, ev.kind)
+                } else {
+                    format!("{} event", ev.kind)
+                };
                 Evidence {
                     series: format!("{}:event.{}", ev.component, ev.kind),
                     at_ms: ev.ts_ms,
@@ -349,9 +391,9 @@ fn evidence_list(c: &Comp, comps: &[Comp], input: &RcaInput, cfg: &RcaConfig) ->
                     baseline: 0.0,
                     deviation: 0.0,
                     note: if ev.detail.is_empty() {
-                        format!("{} event", ev.kind)
+                        what
                     } else {
-                        format!("{} event: {}", ev.kind, ev.detail)
+                        format!("{what}: {}", ev.detail)
                     },
                 }
             }
@@ -388,6 +430,14 @@ fn extract(points: &[(i64, f64)], hi: i64, max_points: usize, s: &mut Scratch) {
     let end = src.partition_point(|p| p.0 <= hi);
     let src = &src[..end];
     let stride = src.len().div_ceil(max_points.max(1)).max(1);
+    s.ts.reserve(src.len().div_ceil(stride));
+    s.xs.reserve(src.len().div_ceil(stride));
+    if stride == 1 && src.iter().all(|p| p.1.is_finite()) {
+        // The usual case: every point, all finite; two straight copies.
+        s.ts.extend(src.iter().map(|p| p.0));
+        s.xs.extend(src.iter().map(|p| p.1));
+        return;
+    }
     for &(t, v) in src.iter().step_by(stride) {
         if v.is_finite() {
             s.ts.push(t);
@@ -422,13 +472,14 @@ fn evaluate(
             // must keep growing past the onset (a step that merely persists is not one).
             let k = split - early;
             let (pre, post) = (&s.b[..k], &s.b[k..]);
-            let abs_median = |xs: &[f64], scratch: &mut Vec<f64>| {
-                let v: Vec<f64> = xs.iter().map(|x| x.abs()).collect();
-                super::stats::median(&v, scratch)
+            let abs_median = |xs: &[f64], keys: &mut Vec<i64>| {
+                keys.clear();
+                keys.extend(xs.iter().map(|x| super::stats::key(x.abs())));
+                super::stats::quantiles_of_keys(keys, [0.5])[0]
             };
             if !post.is_empty() {
-                let pre_m = abs_median(pre, &mut s.a);
-                let post_m = abs_median(post, &mut s.a);
+                let pre_m = abs_median(pre, &mut s.k);
+                let post_m = abs_median(post, &mut s.k);
                 if post_m >= 1.5 * pre_m && post_m >= cfg.min_z {
                     return Some((e, interval));
                 }
@@ -451,7 +502,7 @@ fn eval_from(
     if split < cfg.min_baseline_points.max(1) || split >= n {
         return None;
     }
-    let [q25, med, q75] = quantiles(&s.xs[..split], [0.25, 0.5, 0.75], &mut s.a);
+    let [q25, med, q75] = quantiles(&s.xs[..split], [0.25, 0.5, 0.75], &mut s.k);
     let anom = &s.xs[split..];
     let mut level = med.abs().max(q25.abs()).max(q75.abs());
     if level == 0.0 {

@@ -1,19 +1,43 @@
 //! Robust statistics for the RCA engine: quantiles by selection (O(n)), a short median
 //! filter, single change points by standardized mean shift, sliding minima. All of it
 //! works on finite `f64` slices (the scorer drops non-finite values first).
+//!
+//! Selection runs on integer keys ([`key`]): the bit pattern of an `f64` mapped so that
+//! integer order is `f64::total_cmp` order. Comparing two `i64`s is a single instruction
+//! where `total_cmp` needs bit twiddling on both sides first, and the key maps back to
+//! the exact value, so the quantiles are the same numbers either way.
 
 use std::collections::VecDeque;
 
+/// The `f64::total_cmp` order as an `i64`: flips the magnitude bits of negative values.
+/// Its own inverse ([`unkey`]).
+#[inline]
+pub fn key(x: f64) -> i64 {
+    let b = x.to_bits() as i64;
+    b ^ ((((b >> 63) as u64) >> 1) as i64)
+}
+
+/// The value of a [`key`].
+#[inline]
+pub fn unkey(k: i64) -> f64 {
+    f64::from_bits((k ^ ((((k >> 63) as u64) >> 1) as i64)) as u64)
+}
+
 /// Quantiles `qs` (each in `[0, 1]`, ascending) of `xs`, using `scratch` as the work
 /// buffer. Linear interpolation between order statistics. `xs` must be non-empty.
-pub fn quantiles<const N: usize>(xs: &[f64], qs: [f64; N], scratch: &mut Vec<f64>) -> [f64; N] {
+pub fn quantiles<const N: usize>(xs: &[f64], qs: [f64; N], scratch: &mut Vec<i64>) -> [f64; N] {
     scratch.clear();
-    scratch.extend_from_slice(xs);
+    scratch.extend(xs.iter().map(|&x| key(x)));
+    quantiles_of_keys(scratch, qs)
+}
+
+/// Quantiles of the values whose [`key`]s are `keys`, reordering `keys` in place.
+pub fn quantiles_of_keys<const N: usize>(keys: &mut [i64], qs: [f64; N]) -> [f64; N] {
     let mut out = [0.0; N];
-    if scratch.is_empty() {
+    if keys.is_empty() {
         return out;
     }
-    let n = scratch.len();
+    let n = keys.len();
     // Select from the highest quantile down: each selection leaves everything below
     // its pivot in the prefix, so later (lower) selections work on a shrinking slice.
     let mut hi = n;
@@ -23,16 +47,11 @@ pub fn quantiles<const N: usize>(xs: &[f64], qs: [f64; N], scratch: &mut Vec<f64
         let frac = pos - lo_idx as f64;
         let lo_idx = lo_idx.min(n - 1);
         let end = hi.max(lo_idx + 1).min(n);
-        let lo_val = *scratch[..end]
-            .select_nth_unstable_by(lo_idx, f64::total_cmp)
-            .1;
+        let lo_val = unkey(*keys[..end].select_nth_unstable(lo_idx).1);
         let v = if frac > 0.0 && lo_idx + 1 < n {
             // The next order statistic is the minimum of everything above the pivot
             // (what lies past `end` is above an earlier, higher pivot).
-            let next = scratch[lo_idx + 1..]
-                .iter()
-                .copied()
-                .fold(f64::INFINITY, f64::min);
+            let next = unkey(keys[lo_idx + 1..].iter().copied().min().unwrap_or(i64::MAX));
             lo_val + frac * (next - lo_val)
         } else {
             lo_val
@@ -44,7 +63,7 @@ pub fn quantiles<const N: usize>(xs: &[f64], qs: [f64; N], scratch: &mut Vec<f64
 }
 
 /// Median of `xs` (0 for an empty slice).
-pub fn median(xs: &[f64], scratch: &mut Vec<f64>) -> f64 {
+pub fn median(xs: &[f64], scratch: &mut Vec<i64>) -> f64 {
     quantiles(xs, [0.5], scratch)[0]
 }
 
@@ -75,58 +94,92 @@ fn med3(a: f64, b: f64, c: f64) -> f64 {
 
 /// Noise sigma from first differences: MAD(diff) * 1.4826 / sqrt(2). Differences
 /// cancel level shifts, so a step does not inflate the estimate the way a plain
-/// standard deviation would.
-pub fn diff_sigma(xs: &[f64], scratch: &mut Vec<f64>, scratch2: &mut Vec<f64>) -> f64 {
+/// standard deviation would. Two selections in one key buffer: the absolute deviations
+/// are taken from the (reordered) differences, the same multiset.
+pub fn diff_sigma(xs: &[f64], keys: &mut Vec<i64>) -> f64 {
     if xs.len() < 3 {
         return 0.0;
     }
-    scratch2.clear();
-    scratch2.extend(xs.windows(2).map(|w| w[1] - w[0]));
-    let med = median(scratch2, scratch);
-    for d in scratch2.iter_mut() {
-        *d = (*d - med).abs();
+    keys.clear();
+    keys.extend(xs.windows(2).map(|w| key(w[1] - w[0])));
+    let [med] = quantiles_of_keys(keys, [0.5]);
+    for k in keys.iter_mut() {
+        *k = key((unkey(*k) - med).abs());
     }
-    median(scratch2, scratch) * 1.4826 / std::f64::consts::SQRT_2
+    let [mad] = quantiles_of_keys(keys, [0.5]);
+    mad * 1.4826 / std::f64::consts::SQRT_2
 }
 
 /// The best single mean-shift change point in `ys[lo..hi]`: returns
 /// `(index, statistic, shift)` where the statistic is
 /// `|mean(left) - mean(right)| * sqrt(k (n - k) / n) / sigma` and `shift` is the mean
-/// difference in sigmas. `prefix[i]` is the sum of `ys[..i]`.
+/// difference in sigmas. `prefix[i]` is the sum of `ys[..i]`. `buf` is a work buffer.
+///
+/// Two loops: the squared statistic of every split into `buf` (no branch, so the
+/// compiler runs the divisions two or four at a time), then the first maximum. The
+/// arithmetic per split is the same as one fused loop's, so is the answer.
 pub fn best_split(
     prefix: &[f64],
     lo: usize,
     hi: usize,
     min_seg: usize,
     sigma: f64,
+    buf: &mut Vec<f64>,
 ) -> Option<(usize, f64, f64)> {
     let n = hi.checked_sub(lo)?;
     if n < 2 * min_seg || sigma <= 0.0 {
         return None;
     }
-    let total = prefix[hi] - prefix[lo];
+    let base = prefix[lo];
+    let total = prefix[hi] - base;
     let nf = n as f64;
-    // Maximize the squared statistic (no square root in the loop); one at the end.
-    let mut best: Option<(usize, f64, f64)> = None;
-    for k in min_seg..=(n - min_seg) {
-        let left = prefix[lo + k] - prefix[lo];
+    let diff_at = |k: usize, p: f64| {
+        let left = p - base;
         let kf = k as f64;
-        let diff = left / kf - (total - left) / (nf - kf);
-        let stat2 = diff * diff * (kf * (nf - kf) / nf);
-        if best.is_none_or(|(_, s, _)| stat2 > s) {
-            best = Some((lo + k, stat2, diff.abs()));
+        left / kf - (total - left) / (nf - kf)
+    };
+    // Maximize the squared statistic (no square root in the loop); one at the end.
+    let ks = min_seg..=(n - min_seg);
+    let window = &prefix[lo + min_seg..=lo + n - min_seg];
+    buf.clear();
+    buf.extend(ks.clone().zip(window).map(|(k, &p)| {
+        let kf = k as f64;
+        let diff = diff_at(k, p);
+        diff * diff * (kf * (nf - kf) / nf)
+    }));
+    let mut best: Option<(usize, f64)> = None;
+    for (i, &stat2) in buf.iter().enumerate() {
+        if best.is_none_or(|(_, s)| stat2 > s) {
+            best = Some((i, stat2));
         }
     }
-    best.map(|(k, stat2, diff)| (k, stat2.sqrt() / sigma, diff / sigma))
+    best.map(|(i, stat2)| {
+        let k = min_seg + i;
+        let diff = diff_at(k, window[i]).abs();
+        (lo + k, stat2.sqrt() / sigma, diff / sigma)
+    })
 }
 
 /// Sliding minimum and maximum over windows of `w` consecutive values: element `i`
-/// describes `xs[i..i + w]`. O(n) with monotonic queues.
+/// describes `xs[i..i + w]`. Short windows (the scorer's 3 points) directly, longer ones
+/// in O(n) with monotonic queues.
 pub fn sliding_min_max(xs: &[f64], w: usize, mins: &mut Vec<f64>, maxs: &mut Vec<f64>) {
     mins.clear();
     maxs.clear();
     let w = w.max(1);
     if xs.len() < w {
+        return;
+    }
+    if w <= 8 {
+        for win in xs.windows(w) {
+            let (mut lo, mut hi) = (win[0], win[0]);
+            for &x in &win[1..] {
+                lo = lo.min(x);
+                hi = hi.max(x);
+            }
+            mins.push(lo);
+            maxs.push(hi);
+        }
         return;
     }
     let mut qmin: VecDeque<usize> = VecDeque::with_capacity(w + 1);
@@ -206,7 +259,7 @@ mod tests {
         for y in &ys {
             prefix.push(prefix.last().copied().unwrap_or(0.0) + y);
         }
-        let (k, stat, shift) = best_split(&prefix, 0, 100, 5, 1.0).expect("split");
+        let (k, stat, shift) = best_split(&prefix, 0, 100, 5, 1.0, &mut Vec::new()).expect("split");
         assert_eq!(k, 60);
         assert!(stat > 40.0 && (shift - 10.0).abs() < 1e-9);
     }

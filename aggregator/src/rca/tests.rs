@@ -707,6 +707,9 @@ fn metric_names_map_to_kinds() {
         ("exception_count", "errors"),
         ("restart_count", "crash"),
         ("up", "crash"),
+        ("conn_refused", "crash"),
+        ("conn_reset_errors", "errors"),
+        ("conn_failures", "errors"),
         ("backup_size", "unknown"),
         ("workload", "unknown"),
     ];
@@ -715,6 +718,8 @@ fn metric_names_map_to_kinds() {
     }
     assert!(!classify_metric("http.latency_ms").is_resource());
     assert!(classify_metric("net.tcp_retrans_per_s").is_resource());
+    // Connect latency is a symptom the caller sees, not its own saturation.
+    assert!(!classify_metric("conn_latency_us").is_resource());
 }
 
 // ---- CSV ----
