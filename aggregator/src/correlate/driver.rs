@@ -57,6 +57,10 @@ pub struct DriverConfig {
     pub max_rca_series: usize,
     /// RCAs per poll at most (the rest wait for the next poll).
     pub max_rca_per_tick: usize,
+    /// An open incident's RCA is recomputed at least this often, ms, even when no new
+    /// anomaly joined it: its series keep arriving, and a young incident's first
+    /// ranking is made from a few seconds of data.
+    pub rca_refresh_ms: i64,
 }
 
 impl Default for DriverConfig {
@@ -73,6 +77,7 @@ impl Default for DriverConfig {
             max_rca_window_ms: 6 * 3_600_000,
             max_rca_series: 1_500,
             max_rca_per_tick: 4,
+            rca_refresh_ms: 5_000,
         }
     }
 }
@@ -315,15 +320,24 @@ impl Driver {
     ) -> Result<usize, DriverError> {
         let (pending, graph) = {
             let st = self.hub.lock();
+            // Moved since the last RCA (or never ranked); else open and due a refresh.
+            let moved = |i: &Incident| st.rca.get(&i.id).is_none_or(|r| r.revision != i.revision);
+            let due = |i: &Incident| {
+                i.status == Status::Open
+                    && st.rca.get(&i.id).is_some_and(|r| {
+                        now - r.computed_at_ms >= self.cfg.rca_refresh_ms || now < r.computed_at_ms
+                    })
+            };
             let mut pending: Vec<Incident> = st
                 .correlator
                 .incidents()
-                .filter(|i| st.rca.get(&i.id).is_none_or(|r| r.revision != i.revision))
+                .filter(|i| moved(i) || due(i))
                 .cloned()
                 .collect();
             pending.sort_by(|a, b| {
-                (a.status != Status::Open)
-                    .cmp(&(b.status != Status::Open))
+                (!moved(a))
+                    .cmp(&!moved(b))
+                    .then((a.status != Status::Open).cmp(&(b.status != Status::Open)))
                     .then(b.updated_at_ms.cmp(&a.updated_at_ms))
             });
             pending.truncate(self.cfg.max_rca_per_tick);
@@ -610,6 +624,79 @@ pub async fn load_graph(
     Ok(graph::build(&obs, limits))
 }
 
+/// The far ends of TCP rows, resolved to components through the service graph's edges
+/// (the server addresses each edge was seen calling).
+struct PeerIndex {
+    /// (caller, `addr:port`) -> callee.
+    by_caller: BTreeMap<(String, String), String>,
+    /// `addr:port` -> callee, whoever called it (a single callee only).
+    by_addr: BTreeMap<String, Option<String>>,
+    /// (callee, caller's address) -> the caller, when only one caller has that address.
+    callers: BTreeMap<(String, String), Option<String>>,
+}
+
+impl PeerIndex {
+    fn new(graph: &ServiceGraph) -> PeerIndex {
+        let mut by_caller = BTreeMap::new();
+        let mut by_addr: BTreeMap<String, Option<String>> = BTreeMap::new();
+        // Component -> the addresses it was seen listening on.
+        let mut listens: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for e in &graph.edges {
+            for a in &e.addresses {
+                by_caller.insert((e.caller.clone(), a.clone()), e.callee.clone());
+                by_addr
+                    .entry(a.clone())
+                    .and_modify(|c| {
+                        if c.as_deref() != Some(e.callee.as_str()) {
+                            *c = None;
+                        }
+                    })
+                    .or_insert_with(|| Some(e.callee.clone()));
+                if let Some((ip, _)) = a.rsplit_once(':') {
+                    listens.entry(e.callee.as_str()).or_default().insert(ip);
+                }
+            }
+        }
+        let mut callers: BTreeMap<(String, String), Option<String>> = BTreeMap::new();
+        for e in &graph.edges {
+            for ip in listens.get(e.caller.as_str()).into_iter().flatten() {
+                callers
+                    .entry((e.callee.clone(), (*ip).to_string()))
+                    .and_modify(|c| {
+                        if c.as_deref() != Some(e.caller.as_str()) {
+                            *c = None;
+                        }
+                    })
+                    .or_insert_with(|| Some(e.caller.clone()));
+            }
+        }
+        PeerIndex {
+            by_caller,
+            by_addr,
+            callers,
+        }
+    }
+
+    /// The callee `caller` reached at `addr:port`.
+    fn callee_at(&self, caller: &str, addr: &str, port: i64) -> Option<String> {
+        let a = format!("{addr}:{port}");
+        self.by_caller
+            .get(&(caller.to_string(), a.clone()))
+            .cloned()
+            .or_else(|| self.by_addr.get(&a).cloned().flatten())
+            .filter(|c| c != caller)
+    }
+
+    /// The caller of `callee` that connected from `addr`.
+    fn caller_at(&self, callee: &str, addr: &str) -> Option<String> {
+        self.callers
+            .get(&(callee.to_string(), addr.to_string()))
+            .cloned()
+            .flatten()
+            .filter(|c| c != callee)
+    }
+}
+
 /// Sample metrics handed to RCA: store name → (RCA metric name, combine by max instead of
 /// sum across the processes of a component).
 const RCA_METRICS: &[(&str, &str, bool)] = &[
@@ -734,17 +821,30 @@ pub async fn build_rca_input(
         }
     }
 
-    // TCP health per component, as series (zero-filled counts, latency where seen).
+    // TCP health per component, as series. Failures are put down to the end that caused
+    // them, not the one that saw them: a connect refused, or an outgoing connection
+    // reset, is the callee's doing (nothing listens, or the process went away with
+    // connections open), so it counts for the callee the graph resolves the address to;
+    // a reset on an accepted connection is the caller's (it went away), so it counts for
+    // the caller whose address it came from. What cannot be resolved stays with the
+    // component that saw it, as a symptom.
+    let peers = PeerIndex::new(graph);
     let sql = format!(
-        "SELECT node, comm, cgroup, pod_uid, container_id, b, \
+        "SELECT node, comm, cgroup, pod_uid, container_id, b, side, daddr, dport, \
            sum(coalesce(retransmits, 0)) AS retx, \
            sum(CASE WHEN coalesce(reset, 'none') NOT IN ('none', '', 'false', '0') THEN 1 ELSE 0 END) AS resets, \
-           sum(CASE WHEN kind = 'tcp.connect' AND coalesce(result, 'ok') <> 'ok' THEN 1 ELSE 0 END) AS errors, \
+           sum(CASE WHEN kind = 'tcp.connect' AND result = 'refused' THEN 1 ELSE 0 END) AS refused, \
+           sum(CASE WHEN kind = 'tcp.connect' AND coalesce(result, 'ok') NOT IN ('ok', 'refused') THEN 1 ELSE 0 END) AS errors, \
            avg(CAST(connect_latency_us AS DOUBLE)) AS lat \
-         FROM (SELECT *, date_bin(INTERVAL '{step} milliseconds', ts) AS b FROM tcp_connections WHERE {window}) t \
-         GROUP BY node, comm, cgroup, pod_uid, container_id, b LIMIT 500000"
+         FROM (SELECT *, date_bin(INTERVAL '{step} milliseconds', ts) AS b, \
+             CASE WHEN direction IN ('in', 'accept', 'incoming') THEN 'accept' ELSE 'connect' END AS side \
+           FROM tcp_connections WHERE {window}) t \
+         GROUP BY node, comm, cgroup, pod_uid, container_id, b, side, daddr, dport LIMIT 500000"
     );
     let mut tcp_components: BTreeSet<String> = BTreeSet::new();
+    // Refused connects as events too: a crash loop refuses in short bursts between
+    // restarts, which a series' sustained-deviation rule would not count.
+    let mut refusals: Vec<EvidenceEvent> = Vec::new();
     for b in collect(ctx, &sql).await? {
         let c = Columns(&b);
         let (node, comm, cgroup, pod, ctr, bucket) = (
@@ -755,9 +855,11 @@ pub async fn build_rca_input(
             c.strings("container_id")?,
             c.ints("b")?,
         );
-        let (retx, resets, errors, lat) = (
+        let (side, daddr, dport) = (c.strings("side")?, c.strings("daddr")?, c.ints("dport")?);
+        let (retx, resets, refused, errors, lat) = (
             c.ints("retx")?,
             c.ints("resets")?,
+            c.ints("refused")?,
             c.ints("errors")?,
             c.floats("lat")?,
         );
@@ -773,26 +875,65 @@ pub async fn build_rca_input(
                 ctr[i].as_deref(),
             );
             tcp_components.insert(comp.clone());
-            for (name, value) in [
-                ("tcp_retransmits", retx[i].map(|v| v as f64)),
-                ("tcp_resets", resets[i].map(|v| v as f64)),
-                ("tcp_connect_errors", errors[i].map(|v| v as f64)),
-                ("tcp_connect_latency_us", lat[i]),
-            ] {
-                if let Some(v) = value.filter(|v| v.is_finite()) {
-                    *series
-                        .entry((comp.clone(), name.to_string()))
-                        .or_default()
-                        .entry(bucket)
-                        .or_insert(0.0) += v;
+            let accept = side[i].as_deref() == Some("accept");
+            let remote = daddr[i].as_deref().unwrap_or("");
+            // Who the failures on these rows point at.
+            let peer = if accept {
+                peers.caller_at(&comp, remote)
+            } else {
+                dport[i].and_then(|p| peers.callee_at(&comp, remote, p))
+            };
+            let mut add = |comp: &str, name: &str, v: f64| {
+                *series
+                    .entry((comp.to_string(), name.to_string()))
+                    .or_default()
+                    .entry(bucket)
+                    .or_insert(0.0) += v;
+            };
+            let count = |v: Option<i64>| v.unwrap_or(0).max(0) as f64;
+            add(&comp, "tcp_retransmits", count(retx[i]));
+            if let Some(l) = lat[i].filter(|v| v.is_finite()) {
+                add(&comp, "conn_latency_us", l);
+            }
+            let (resets, refused, failed) = (count(resets[i]), count(refused[i]), count(errors[i]));
+            match &peer {
+                Some(p) => {
+                    tcp_components.insert(p.clone());
+                    add(p, "conn_reset_errors", resets);
+                    if !accept {
+                        add(p, "conn_failures", failed);
+                        add(p, "conn_refused", refused);
+                        if refused > 0.0 {
+                            refusals.push(EvidenceEvent {
+                                component: p.clone(),
+                                ts_ms: bucket,
+                                kind: "conn_refused".to_string(),
+                                detail: format!("{refused} connects from {comp} refused"),
+                                score: 0.9,
+                            });
+                        }
+                    }
+                    // The observer's own series exist (zero) so it is not judged on a gap.
+                    add(&comp, "conn_reset_errors", 0.0);
+                }
+                None => {
+                    add(&comp, "conn_reset_errors", resets);
+                    add(&comp, "conn_failures", refused + failed);
                 }
             }
         }
     }
     let first_bucket = start.div_euclid(step) * step;
     for comp in &tcp_components {
-        for name in ["tcp_retransmits", "tcp_resets", "tcp_connect_errors"] {
-            let s = series.entry((comp.clone(), name.to_string())).or_default();
+        for name in [
+            "tcp_retransmits",
+            "conn_reset_errors",
+            "conn_failures",
+            "conn_refused",
+        ] {
+            let Some(s) = series.get_mut(&(comp.clone(), name.to_string())) else {
+                continue;
+            };
             let mut t = first_bucket;
             while t <= end {
                 s.entry(t).or_insert(0.0);
@@ -808,7 +949,7 @@ pub async fn build_rca_input(
            OR (kind = 'process.exit' AND (coalesce(exit_code, 0) <> 0 OR coalesce(signal, 0) <> 0))) \
          ORDER BY ts LIMIT 20000"
     );
-    let mut events = Vec::new();
+    let mut events = refusals;
     let mut crashed: BTreeSet<String> = BTreeSet::new();
     for b in collect(ctx, &sql).await? {
         let c = Columns(&b);
@@ -955,6 +1096,55 @@ pub async fn build_rca_input(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn edge(caller: &str, callee: &str, addr: &str) -> super::graph::Edge {
+        super::graph::Edge {
+            caller: caller.into(),
+            callee: callee.into(),
+            connections: 1,
+            connects: 1,
+            closes: 1,
+            errors: 0,
+            resets: 0,
+            retransmits: 0,
+            mean_connect_latency_us: None,
+            first_seen_ms: 0,
+            last_seen_ms: 0,
+            resolved_by: "listener",
+            addresses: vec![addr.into()],
+        }
+    }
+
+    #[test]
+    fn tcp_failures_are_put_down_to_the_far_end() {
+        let g = ServiceGraph {
+            edges: vec![
+                edge("frontend@n1", "checkout@n2", "10.0.0.12:8100"),
+                edge("checkout@n2", "payments@n3", "10.0.0.13:8100"),
+                edge("payments@n3", "ledger@n2", "10.0.0.12:8101"),
+            ],
+            ..ServiceGraph::default()
+        };
+        let p = PeerIndex::new(&g);
+        // A refused or reset outgoing connection: the callee listening there.
+        assert_eq!(
+            p.callee_at("frontend@n1", "10.0.0.12", 8100).as_deref(),
+            Some("checkout@n2")
+        );
+        // Another caller reaching the same address resolves too; unknown ports do not.
+        assert_eq!(
+            p.callee_at("host@n1", "10.0.0.12", 8101).as_deref(),
+            Some("ledger@n2")
+        );
+        assert_eq!(p.callee_at("frontend@n1", "10.0.0.12", 9999), None);
+        // A reset on an accepted connection: the caller that listens on that address.
+        assert_eq!(
+            p.caller_at("payments@n3", "10.0.0.12").as_deref(),
+            Some("checkout@n2")
+        );
+        // frontend never listens anywhere: its address is unknown.
+        assert_eq!(p.caller_at("checkout@n2", "10.0.0.11"), None);
+    }
 
     #[test]
     fn buckets_scale_with_the_window() {
