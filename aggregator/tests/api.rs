@@ -598,3 +598,113 @@ async fn openapi_covers_every_route() {
     let (status, _) = post_sql(w.addr, "DROP TABLE incidents").await;
     assert_eq!(status, 400);
 }
+
+/// A raw request: method, path, content type and body; status and JSON body.
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    ctype: &str,
+    body: &str,
+) -> (u16, Value) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    let status: u16 = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// Every /api/v1 endpoint answers bad input with a 4xx and `{"error": "<message>"}`:
+/// unknown and malformed parameters on each, another method than the one it serves,
+/// paths nobody serves, and the SQL endpoint's malformed bodies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_answers_bad_input_with_a_message() {
+    let w = world().await;
+    // An unknown parameter and a malformed value, per GET endpoint.
+    let cases = [
+        ("/api/v1/anomalies?since=later", 400),
+        ("/api/v1/anomalies?until=x", 400),
+        ("/api/v1/anomalies?since=2000&until=1000", 400),
+        ("/api/v1/anomalies?offset=-1", 400),
+        ("/api/v1/anomalies?offset=99999999999", 400),
+        ("/api/v1/anomalies?min_score=NaN", 400),
+        ("/api/v1/nodes?offset=x", 400),
+        ("/api/v1/services?limit=0", 400),
+        ("/api/v1/services?bogus=1", 400),
+        ("/api/v1/graph?since=x", 400),
+        ("/api/v1/graph?bogus=1", 400),
+        ("/api/v1/series", 400),
+        ("/api/v1/series?bogus=1", 400),
+        ("/api/v1/incidents?bogus=1", 400),
+        ("/api/v1/incidents?offset=x", 400),
+        ("/api/v1/stream?bogus=1", 400),
+        ("/api/v1/stream?events=", 400),
+    ];
+    for (path, status) in cases {
+        assert_bad(w.addr, path, status).await;
+    }
+    // Another method.
+    for path in [
+        "/api/v1/anomalies",
+        "/api/v1/nodes",
+        "/api/v1/services",
+        "/api/v1/graph",
+        "/api/v1/series",
+        "/api/v1/incidents",
+        "/api/v1/incidents/inc-1",
+        "/api/v1/stream",
+        "/api/v1/openapi.json",
+    ] {
+        let (status, body) = request(w.addr, "POST", path, "application/json", "{}").await;
+        assert_eq!(status, 405, "POST {path}: {body}");
+        assert!(
+            body["error"].as_str().is_some_and(|m| !m.is_empty()),
+            "POST {path}: no message in {body}"
+        );
+    }
+    // Paths nobody serves.
+    for path in ["/api/v1/nope", "/api/v1/incidents/a/b", "/api/v2/nodes"] {
+        assert_bad(w.addr, path, 404).await;
+    }
+    // The SQL endpoint: wrong method, malformed or empty bodies, a refused statement.
+    let (status, body) = get(w.addr, "/api/v1/sql").await;
+    assert_eq!(status, 405, "{body}");
+    assert!(body["error"].as_str().is_some_and(|m| !m.is_empty()));
+    for (ctype, payload) in [
+        ("application/json", "{not json"),
+        ("application/json", ""),
+        ("application/json", "{}"),
+        ("application/json", "{\"sql\": 5}"),
+        ("application/json", "{\"sql\": \"\"}"),
+        ("application/json", "{\"sql\": \"SELEC 1\"}"),
+        ("application/json", "{\"sql\": \"DELETE FROM anomalies\"}"),
+        (
+            "application/json",
+            "{\"sql\": \"SELECT * FROM no_such_table\"}",
+        ),
+    ] {
+        let (status, body) = request(w.addr, "POST", "/api/v1/sql", ctype, payload).await;
+        assert!(
+            (400..500).contains(&status),
+            "POST /api/v1/sql {payload:?}: {status} {body}"
+        );
+        assert!(
+            body["error"].as_str().is_some_and(|m| !m.is_empty()),
+            "POST /api/v1/sql {payload:?}: no message in {body}"
+        );
+    }
+}

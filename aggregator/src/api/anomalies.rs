@@ -73,7 +73,15 @@ pub(super) async fn list_anomalies(
     {
         return bad_request(format!("min_score must be between 0 and 1, got {s}"));
     }
+    if let Some(u) = until
+        && since >= u
+    {
+        return bad_request(format!("since ({since}) must be before until ({u})"));
+    }
     let offset = p.offset.unwrap_or(0);
+    if offset > 10_000_000 {
+        return bad_request(format!("offset must be at most 10000000, got {offset}"));
+    }
     let mut filters = vec![format!("ts >= to_timestamp_millis({since})")];
     if let Some(u) = until {
         filters.push(format!("ts < to_timestamp_millis({u})"));

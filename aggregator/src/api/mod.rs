@@ -82,6 +82,7 @@ pub fn router(store: Store, metrics: Metrics, limits: QueryLimits) -> anyhow::Re
 }
 
 /// The dashboard routes: path and handler, one table so the OpenAPI test sees them all.
+/// All are GET-only: another method is a 405 with a message.
 fn dashboard_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
     vec![
         ("/api/v1/anomalies", get(anomalies::list_anomalies)),
@@ -94,6 +95,29 @@ fn dashboard_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/api/v1/stream", get(stream::stream)),
         ("/api/v1/openapi.json", get(openapi::spec)),
     ]
+    .into_iter()
+    .map(|(path, route)| (path, route.fallback(get_only)))
+    .collect()
+}
+
+async fn get_only() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(header::ALLOW, "GET")],
+        Json(serde_json::json!({ "error": "this endpoint answers GET only" })),
+    )
+        .into_response()
+}
+
+/// Paths nobody serves: a 404 with a message naming the way to the list of endpoints.
+async fn no_such_path(uri: axum::http::Uri) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no endpoint at {}; the endpoints are listed in /api/v1/openapi.json",
+            uri.path()
+        ),
+    )
 }
 
 /// Every path the router serves (for the OpenAPI completeness test).
@@ -139,7 +163,8 @@ pub fn router_with_hub(
         )
         .route("/metrics", metrics_route)
         .merge(sql)
-        .merge(dashboard))
+        .merge(dashboard)
+        .fallback(no_such_path))
 }
 
 pub(crate) fn bad_request(msg: impl Into<String>) -> Response {
