@@ -8,9 +8,10 @@
 //! node inside its namespace, scoped to its node's cgroups (`--scope-cgroup`); the services
 //! inside their node's namespace and cgroup; steady load on the entry ([`load`]). After
 //! `fault.after_s` the fault goes on the target; the aggregator is polled every second for
-//! the incident that opened after the fault and for its RCA ([`api`]). The fault stops
-//! `fault.settle_s` after the first ranking (or after `duration_s`), and the run ends there
-//! or at `timeout_s` after the fault began. RESULT.json and a one-line summary follow;
+//! the incident that opened after the fault and for its RCA ([`api`]). The run ends
+//! `fault.settle_s` after the first ranking but not before `fault.observe_s` after the
+//! fault began (the ranking is scored as it stands then), or at `timeout_s`; the fault
+//! stops there or after `duration_s`. RESULT.json and a one-line summary follow;
 //! everything made is removed on exit, on error and on Ctrl-C. Format and reading:
 //! `docs/scenarios.md`.
 
@@ -701,6 +702,9 @@ impl Running<'_> {
         let mut first_rca_ms: Option<i64> = None;
         // (top-1 target, when it first became that).
         let mut stable: Option<(String, i64)> = None;
+        // Every change of the top-1, as the rankings came in.
+        let mut history: Vec<Value> = Vec::new();
+        let observe = Duration::from_secs(f.observe_s.min(self.s.timeout_s));
         let mut api_missing = false;
         let mut last_error = None;
         let mut settle_until: Option<Instant> = None;
@@ -749,6 +753,14 @@ impl Running<'_> {
                                 println!("xtask: scenario: RCA in, top-1 {top}");
                             }
                             if stable.as_ref().is_none_or(|(t, _)| *t != top) {
+                                if stable.is_some() {
+                                    println!("xtask: scenario: top-1 now {top}");
+                                }
+                                history.push(json!({
+                                    "at_ms": at,
+                                    "after_fault_s": (at - fault_start_ms) as f64 / 1000.0,
+                                    "top1": top,
+                                }));
                                 stable = Some((top, at));
                             }
                         }
@@ -757,7 +769,9 @@ impl Running<'_> {
                 }
                 Err(e) => last_error = Some(format!("{e:#}")),
             }
-            if settle_until.is_some_and(|t| Instant::now() >= t) || elapsed >= timeout {
+            if (settle_until.is_some_and(|t| Instant::now() >= t) && elapsed >= observe)
+                || elapsed >= timeout
+            {
                 break;
             }
         }
@@ -788,6 +802,7 @@ impl Running<'_> {
                 "rca_done_ms": rca_done_ms,
             },
             "time_to_rca_s": rca_done_ms.map(|t| (t - fault_start_ms) as f64 / 1000.0),
+            "top1_history": history,
             "hit_rank": hit_at.map(|i| i + 1),
             "top1": hit_at == Some(0),
             "top3": hit_at.is_some_and(|i| i < 3),

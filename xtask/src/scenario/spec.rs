@@ -99,6 +99,11 @@ pub struct Fault {
     /// Seconds the fault goes on after the RCA first appears (the ranking may still move).
     #[serde(default = "default_settle")]
     pub settle_s: u64,
+    /// The ranking is followed (and the fault kept on) until at least this long after
+    /// the fault began: the RCA budget, so RESULT.json scores the ranking as it stands
+    /// then, not a first guess made from a few seconds of data.
+    #[serde(default = "default_observe")]
+    pub observe_s: u64,
     /// Other names that count as a correct root cause (default: only `target`), e.g. its
     /// node for a network fault on a node's link.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -123,6 +128,10 @@ pub struct Fault {
 
 fn default_settle() -> u64 {
     5
+}
+
+fn default_observe() -> u64 {
+    30
 }
 
 impl Fault {
@@ -296,6 +305,7 @@ fault: {kind: cpu_hog, target: payments, after_s: 45, duration_s: 60}
         assert_eq!(s.fault.kind, FaultKind::CpuHog);
         assert_eq!(s.timeout_s, 90);
         assert_eq!(s.fault.settle_s, 5);
+        assert_eq!(s.fault.observe_s, 30);
         assert_eq!(s.fault.admin_query(60), "kind=cpu_hog&secs=60");
         assert_eq!(s.services[3].node, "n3");
     }
