@@ -1,4 +1,6 @@
-//! The programs. All are BTF-enabled raw tracepoints (`tp_btf`): no tracefs, no kprobes.
+//! The programs. All are raw tracepoints (`BPF_PROG_TYPE_RAW_TRACEPOINT`): no tracefs, no
+//! kprobes, and nothing for the loader to resolve in the kernel's BTF at attach time
+//! (`tp_btf` would make it parse the whole of vmlinux BTF again, tens of MiB of peak RSS).
 //!
 //! Kernel structs are read with `bpf_probe_read_kernel` at offsets the loader found in the
 //! running kernel's BTF and wrote into [`OFFSETS`] (read-only data, so the verifier sees
@@ -26,9 +28,9 @@ use aya_ebpf::helpers::{
     bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_kernel,
     bpf_probe_read_kernel_str_bytes,
 };
-use aya_ebpf::macros::{btf_tracepoint, map};
+use aya_ebpf::macros::{map, raw_tracepoint};
 use aya_ebpf::maps::{HashMap, LruHashMap, PerCpuArray, RingBuf};
-use aya_ebpf::programs::BtfTracePointContext;
+use aya_ebpf::programs::RawTracePointContext;
 use ebpf_common::{
     BioKey, COMM_LEN, ExecEvent, ExitEvent, KernelOffsets, Log2Hist, OomEvent, TcpEvent,
     TcpSockState, drop_reason, kind, log2_slot, tcp_flag,
@@ -193,8 +195,8 @@ unsafe fn atomic_add(p: *mut u64, v: u64) {
 // ---------------------------------------------------------------------------------------
 // Processes
 
-#[btf_tracepoint(function = "sched_process_exec")]
-pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     match try_sched_process_exec(&ctx) {
         Ok(()) => 0,
         Err(_) => {
@@ -205,7 +207,7 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
 }
 
 #[inline(always)]
-fn try_sched_process_exec(ctx: &BtfTracePointContext) -> Result<(), i32> {
+fn try_sched_process_exec(ctx: &RawTracePointContext) -> Result<(), i32> {
     // (struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm); p == current.
     let task: *const u8 = ctx.arg(0);
     let bprm: *const u8 = ctx.arg(2);
@@ -235,8 +237,8 @@ fn try_sched_process_exec(ctx: &BtfTracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
-#[btf_tracepoint(function = "sched_process_exit")]
-pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     match try_sched_process_exit(&ctx) {
         Ok(()) => 0,
         Err(_) => {
@@ -247,7 +249,7 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
 }
 
 #[inline(always)]
-fn try_sched_process_exit(ctx: &BtfTracePointContext) -> Result<(), i32> {
+fn try_sched_process_exit(ctx: &RawTracePointContext) -> Result<(), i32> {
     // (struct task_struct *p[, bool group_dead]); p == current. Only the thread-group
     // leader's exit is reported (the process, not each thread).
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -277,8 +279,8 @@ fn try_sched_process_exit(ctx: &BtfTracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
-#[btf_tracepoint(function = "mark_victim")]
-pub fn mark_victim(ctx: BtfTracePointContext) -> i32 {
+#[raw_tracepoint(tracepoint = "mark_victim")]
+pub fn mark_victim(ctx: RawTracePointContext) -> i32 {
     match try_mark_victim(&ctx) {
         Ok(()) => 0,
         Err(_) => {
@@ -289,7 +291,7 @@ pub fn mark_victim(ctx: BtfTracePointContext) -> i32 {
 }
 
 #[inline(always)]
-fn try_mark_victim(ctx: &BtfTracePointContext) -> Result<(), i32> {
+fn try_mark_victim(ctx: &RawTracePointContext) -> Result<(), i32> {
     // (struct task_struct *task, uid_t uid); runs in the allocating task, not the victim.
     let task: *const u8 = ctx.arg(0);
     let uid: u32 = ctx.arg(1);
@@ -317,8 +319,8 @@ fn try_mark_victim(ctx: &BtfTracePointContext) -> Result<(), i32> {
 // ---------------------------------------------------------------------------------------
 // TCP
 
-#[btf_tracepoint(function = "inet_sock_set_state")]
-pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
     match try_inet_sock_set_state(&ctx) {
         Ok(()) => 0,
         Err(_) => {
@@ -338,7 +340,7 @@ fn owner_now(st: &mut TcpSockState) {
 }
 
 #[inline(always)]
-fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
+fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), i32> {
     // (const struct sock *sk, const int oldstate, const int newstate)
     let sk: *const u8 = ctx.arg(0);
     let old: i32 = ctx.arg(1);
@@ -512,16 +514,16 @@ fn emit_tcp(sk: *const u8, kind: u32, old: i32, st: &TcpSockState, now: u64) -> 
     Ok(())
 }
 
-#[btf_tracepoint(function = "tcp_receive_reset")]
-pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
+#[raw_tracepoint(tracepoint = "tcp_receive_reset")]
+pub fn tcp_receive_reset(ctx: RawTracePointContext) -> i32 {
     // (struct sock *sk)
     let sk: *const u8 = ctx.arg(0);
     mark_tcp(sk, tcp_flag::RESET_RX);
     0
 }
 
-#[btf_tracepoint(function = "tcp_send_reset")]
-pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
+#[raw_tracepoint(tracepoint = "tcp_send_reset")]
+pub fn tcp_send_reset(ctx: RawTracePointContext) -> i32 {
     // (const struct sock *sk, const struct sk_buff *skb, ...); sk may be NULL.
     let sk: *const u8 = ctx.arg(0);
     mark_tcp(sk, tcp_flag::RESET_TX);
@@ -542,16 +544,16 @@ fn mark_tcp(sk: *const u8, flag: u32) {
 // ---------------------------------------------------------------------------------------
 // Run-queue latency
 
-#[btf_tracepoint(function = "sched_wakeup")]
-pub fn sched_wakeup(ctx: BtfTracePointContext) -> i32 {
+#[raw_tracepoint(tracepoint = "sched_wakeup")]
+pub fn sched_wakeup(ctx: RawTracePointContext) -> i32 {
     // (struct task_struct *p)
     let task: *const u8 = ctx.arg(0);
     let _ = runq_enqueue(task);
     0
 }
 
-#[btf_tracepoint(function = "sched_wakeup_new")]
-pub fn sched_wakeup_new(ctx: BtfTracePointContext) -> i32 {
+#[raw_tracepoint(tracepoint = "sched_wakeup_new")]
+pub fn sched_wakeup_new(ctx: RawTracePointContext) -> i32 {
     let task: *const u8 = ctx.arg(0);
     let _ = runq_enqueue(task);
     0
@@ -569,14 +571,14 @@ fn runq_enqueue(task: *const u8) -> Result<(), i32> {
     Ok(())
 }
 
-#[btf_tracepoint(function = "sched_switch")]
-pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     let _ = try_sched_switch(&ctx);
     0
 }
 
 #[inline(always)]
-fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<(), i32> {
+fn try_sched_switch(ctx: &RawTracePointContext) -> Result<(), i32> {
     // (bool preempt, struct task_struct *prev, struct task_struct *next[, unsigned int
     // prev_state]); prev's state is read from the task, which every kernel version has.
     let prev: *const u8 = ctx.arg(1);
@@ -609,8 +611,8 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<(), i32> {
 // ---------------------------------------------------------------------------------------
 // Block I/O latency
 
-#[btf_tracepoint(function = "block_rq_issue")]
-pub fn block_rq_issue(ctx: BtfTracePointContext) -> i32 {
+#[raw_tracepoint(tracepoint = "block_rq_issue")]
+pub fn block_rq_issue(ctx: RawTracePointContext) -> i32 {
     // (struct request *rq)
     let rq: *const u8 = ctx.arg(0);
     if BIO_START.insert(rq as u64, now_ns(), 0).is_err() {
@@ -619,8 +621,8 @@ pub fn block_rq_issue(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-#[btf_tracepoint(function = "block_rq_complete")]
-pub fn block_rq_complete(ctx: BtfTracePointContext) -> i32 {
+#[raw_tracepoint(tracepoint = "block_rq_complete")]
+pub fn block_rq_complete(ctx: RawTracePointContext) -> i32 {
     if try_block_rq_complete(&ctx).is_err() {
         count_drop(drop_reason::READ_FAILED);
     }
@@ -628,7 +630,7 @@ pub fn block_rq_complete(ctx: BtfTracePointContext) -> i32 {
 }
 
 #[inline(always)]
-fn try_block_rq_complete(ctx: &BtfTracePointContext) -> Result<(), i32> {
+fn try_block_rq_complete(ctx: &RawTracePointContext) -> Result<(), i32> {
     // (struct request *rq, blk_status_t error, unsigned int nr_bytes)
     let rq: *const u8 = ctx.arg(0);
     let key = rq as u64;

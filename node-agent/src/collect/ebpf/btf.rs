@@ -47,29 +47,28 @@ pub enum BtfError {
     Bitfield(String),
 }
 
-#[derive(Clone, Debug)]
+/// A type's fixed 12-byte header.
+#[derive(Clone, Copy, Debug)]
 struct Type {
     kind: u32,
     name_off: u32,
     /// `size` for ints, structs, unions, enums, floats; the referenced type otherwise.
     size_or_type: u32,
     kind_flag: bool,
-    /// Struct/union members; for arrays one entry `(elem type, nelems)` in `ty`/`offset`.
-    members: Vec<Member>,
+    vlen: usize,
+    /// Where the kind-specific data after the header starts in the type section.
+    extra: usize,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Member {
-    name_off: u32,
-    ty: u32,
-    offset: u32,
-}
-
-/// Parsed type information: types by id, and structs by name.
-pub struct Btf {
-    types: Vec<Type>,
-    strings: Vec<u8>,
-    structs: HashMap<String, u32>,
+/// Parsed type information, borrowing the blob: an index of where each type starts and the
+/// structs by name. Nothing per type is decoded up front, so the agent's peak memory while
+/// loading is the blob plus 4 bytes per type (vmlinux BTF has ~150,000 types).
+pub struct Btf<'a> {
+    type_data: &'a [u8],
+    strings: &'a [u8],
+    /// Type id → byte offset of its header in `type_data` (id 0, void, is not stored).
+    starts: Vec<u32>,
+    structs: HashMap<&'a str, u32>,
 }
 
 /// A member found by [`Btf::member`]: where it is and how big.
@@ -93,10 +92,50 @@ fn u32_at(data: &[u8], at: usize) -> Result<u32, BtfError> {
         .ok_or_else(|| BtfError::Malformed(format!("truncated at byte {at}")))
 }
 
-impl Btf {
+/// Reads the header of the type at `at`; the data it names was bounds-checked at parse.
+fn header(type_data: &[u8], at: usize) -> Result<Type, BtfError> {
+    let name_off = u32_at(type_data, at)?;
+    let info = u32_at(type_data, at + 4)?;
+    let size_or_type = u32_at(type_data, at + 8)?;
+    Ok(Type {
+        kind: (info >> 24) & 0x1f,
+        name_off,
+        size_or_type,
+        kind_flag: info >> 31 == 1,
+        vlen: (info & 0xffff) as usize,
+        extra: at + 12,
+    })
+}
+
+/// Bytes of kind-specific data after a type's header.
+fn extra_len(t: &Type, id: usize) -> Result<usize, BtfError> {
+    Ok(match t.kind {
+        KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+        KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
+        | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
+        KIND_ARRAY => 12,
+        KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => t.vlen * 12,
+        KIND_ENUM | KIND_FUNC_PROTO => t.vlen * 8,
+        other => {
+            return Err(BtfError::Malformed(format!(
+                "unknown kind {other} for type {id}"
+            )));
+        }
+    })
+}
+
+fn name_at(strings: &[u8], off: u32) -> &str {
+    let Some(rest) = strings.get(off as usize..) else {
+        return "";
+    };
+    let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+    std::str::from_utf8(&rest[..end]).unwrap_or("")
+}
+
+impl<'a> Btf<'a> {
     /// Parses a little-endian BTF blob (what `/sys/kernel/btf/vmlinux` holds on x86_64 and
     /// arm64).
-    pub fn parse(data: &[u8]) -> Result<Btf, BtfError> {
+    pub fn parse(data: &'a [u8]) -> Result<Btf<'a>, BtfError> {
         if u16_at(data, 0)? != MAGIC {
             return Err(BtfError::Malformed(
                 "bad magic (not little-endian BTF)".into(),
@@ -116,101 +155,65 @@ impl Btf {
             }
         };
         let type_data = section(type_off, type_len)?;
-        let strings = section(str_off, str_len)?.to_vec();
+        let strings = section(str_off, str_len)?;
 
-        // Type id 0 is void.
-        let mut types = vec![Type {
-            kind: 0,
-            name_off: 0,
-            size_or_type: 0,
-            kind_flag: false,
-            members: Vec::new(),
-        }];
+        let mut starts = Vec::new();
+        let mut structs = HashMap::new();
         let mut at = 0;
         while at < type_data.len() {
-            let name_off = u32_at(type_data, at)?;
-            let info = u32_at(type_data, at + 4)?;
-            let size_or_type = u32_at(type_data, at + 8)?;
-            at += 12;
-            let vlen = (info & 0xffff) as usize;
-            let kind = (info >> 24) & 0x1f;
-            let kind_flag = info >> 31 == 1;
-            let mut members = Vec::new();
-            match kind {
-                KIND_INT | KIND_VAR | KIND_DECL_TAG => at += 4,
-                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
-                | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => {}
-                KIND_ARRAY => {
-                    let elem = u32_at(type_data, at)?;
-                    let nelems = u32_at(type_data, at + 8)?;
-                    members.push(Member {
-                        name_off: 0,
-                        ty: elem,
-                        offset: nelems,
-                    });
-                    at += 12;
-                }
-                KIND_STRUCT | KIND_UNION => {
-                    members.reserve(vlen);
-                    for idx in 0..vlen {
-                        let m = at + idx * 12;
-                        members.push(Member {
-                            name_off: u32_at(type_data, m)?,
-                            ty: u32_at(type_data, m + 4)?,
-                            offset: u32_at(type_data, m + 8)?,
-                        });
-                    }
-                    at += vlen * 12;
-                }
-                KIND_ENUM | KIND_FUNC_PROTO => at += vlen * 8,
-                KIND_DATASEC | KIND_ENUM64 => at += vlen * 12,
-                other => {
-                    return Err(BtfError::Malformed(format!(
-                        "unknown kind {other} for type {}",
-                        types.len()
-                    )));
-                }
-            }
-            if at > type_data.len() {
+            let t = header(type_data, at)?;
+            let id = starts.len() + 1;
+            let next = t.extra + extra_len(&t, id)?;
+            if next > type_data.len() {
                 return Err(BtfError::Malformed("type section cut short".into()));
             }
-            types.push(Type {
-                kind,
-                name_off,
-                size_or_type,
-                kind_flag,
-                members,
-            });
-        }
-
-        let mut btf = Btf {
-            types,
-            strings,
-            structs: HashMap::new(),
-        };
-        let mut structs = HashMap::new();
-        for (id, t) in btf.types.iter().enumerate() {
+            let start = u32::try_from(at)
+                .map_err(|_| BtfError::Malformed("type section over 4 GiB".into()))?;
+            starts.push(start);
             // The first complete definition wins (forward declarations are KIND_FWD).
             if t.kind == KIND_STRUCT && t.name_off != 0 {
-                let name = btf.name(t.name_off).to_string();
-                structs.entry(name).or_insert(id as u32);
+                structs
+                    .entry(name_at(strings, t.name_off))
+                    .or_insert(id as u32);
             }
+            at = next;
         }
-        btf.structs = structs;
-        Ok(btf)
+        Ok(Btf {
+            type_data,
+            strings,
+            starts,
+            structs,
+        })
     }
 
-    fn name(&self, off: u32) -> &str {
-        let start = off as usize;
-        let Some(rest) = self.strings.get(start..) else {
-            return "";
-        };
-        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
-        std::str::from_utf8(&rest[..end]).unwrap_or("")
+    fn name(&self, off: u32) -> &'a str {
+        name_at(self.strings, off)
     }
 
-    fn get(&self, id: u32) -> Option<&Type> {
-        self.types.get(id as usize)
+    fn get(&self, id: u32) -> Option<Type> {
+        let at = *self.starts.get((id as usize).checked_sub(1)?)?;
+        header(self.type_data, at as usize).ok()
+    }
+
+    /// Member `idx` of a struct/union (or the element of an array, idx 0):
+    /// `(name_off, type, offset)` (for arrays: `(0, elem type, nelems)`).
+    fn member_at(&self, t: &Type, idx: usize) -> Option<(u32, u32, u32)> {
+        match t.kind {
+            KIND_ARRAY if idx == 0 => {
+                let elem = u32_at(self.type_data, t.extra).ok()?;
+                let nelems = u32_at(self.type_data, t.extra + 8).ok()?;
+                Some((0, elem, nelems))
+            }
+            KIND_STRUCT | KIND_UNION if idx < t.vlen => {
+                let m = t.extra + idx * 12;
+                Some((
+                    u32_at(self.type_data, m).ok()?,
+                    u32_at(self.type_data, m + 4).ok()?,
+                    u32_at(self.type_data, m + 8).ok()?,
+                ))
+            }
+            _ => None,
+        }
     }
 
     /// Follows typedefs and qualifiers to the underlying type id.
@@ -231,17 +234,19 @@ impl Btf {
         id
     }
 
-    fn size(&self, id: u32) -> Option<u32> {
-        let id = self.resolve(id);
-        let t = self.get(id)?;
+    fn size(&self, id: u32, depth: u32) -> Option<u32> {
+        if depth > 8 {
+            return None;
+        }
+        let t = self.get(self.resolve(id))?;
         match t.kind {
             KIND_INT | KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64 | KIND_FLOAT => {
                 Some(t.size_or_type)
             }
             KIND_PTR => Some(8),
             KIND_ARRAY => {
-                let m = t.members.first()?;
-                self.size(m.ty)?.checked_mul(m.offset)
+                let (_, elem, nelems) = self.member_at(&t, 0)?;
+                self.size(elem, depth + 1)?.checked_mul(nelems)
             }
             _ => None,
         }
@@ -257,18 +262,19 @@ impl Btf {
         if t.kind != KIND_STRUCT && t.kind != KIND_UNION {
             return None;
         }
-        for m in &t.members {
+        for idx in 0..t.vlen {
+            let (name_off, ty, offset) = self.member_at(&t, idx)?;
             let (bit_off, bitfield) = if t.kind_flag {
-                (m.offset & 0xff_ffff, m.offset >> 24)
+                (offset & 0xff_ffff, offset >> 24)
             } else {
-                (m.offset, 0)
+                (offset, 0)
             };
-            if m.name_off == 0 {
-                if let Some((inner, ty, bits)) = self.find(m.ty, name, depth + 1) {
+            if name_off == 0 {
+                if let Some((inner, ty, bits)) = self.find(ty, name, depth + 1) {
                     return Some((bit_off + inner, ty, bits));
                 }
-            } else if self.name(m.name_off) == name {
-                return Some((bit_off, m.ty, bitfield));
+            } else if self.name(name_off) == name {
+                return Some((bit_off, ty, bitfield));
             }
         }
         None
@@ -297,7 +303,7 @@ impl Btf {
         if !bits.is_multiple_of(8) {
             return Err(BtfError::Bitfield(full()));
         }
-        let size = self.size(ty).ok_or_else(|| BtfError::NoMember(full()))?;
+        let size = self.size(ty, 0).ok_or_else(|| BtfError::NoMember(full()))?;
         Ok(MemberInfo {
             offset: bits / 8,
             size,
@@ -307,9 +313,10 @@ impl Btf {
     /// Whether the kernel has a BTF-enabled tracepoint `name` (a `btf_trace_<name>` typedef).
     pub fn has_tracepoint(&self, name: &str) -> bool {
         let want = format!("btf_trace_{name}");
-        self.types
-            .iter()
-            .any(|t| t.kind == KIND_TYPEDEF && self.name(t.name_off) == want)
+        (1..=self.starts.len() as u32).any(|id| {
+            self.get(id)
+                .is_some_and(|t| t.kind == KIND_TYPEDEF && self.name(t.name_off) == want)
+        })
     }
 }
 
@@ -409,7 +416,8 @@ mod tests {
 
     #[test]
     fn finds_members_through_anonymous_structs_and_paths() {
-        let btf = Btf::parse(&sample()).unwrap();
+        let blob = sample();
+        let btf = Btf::parse(&blob).unwrap();
         assert_eq!(
             btf.member("outer", "x").unwrap(),
             MemberInfo { offset: 0, size: 4 }
@@ -449,7 +457,8 @@ mod tests {
 
     #[test]
     fn missing_and_bitfield_members_are_errors() {
-        let btf = Btf::parse(&sample()).unwrap();
+        let blob = sample();
+        let btf = Btf::parse(&blob).unwrap();
         assert_eq!(
             btf.member("nope", "x"),
             Err(BtfError::NoStruct("nope".into()))

@@ -13,7 +13,7 @@
 
 use std::io;
 
-use aya::programs::BtfTracePoint;
+use aya::programs::RawTracePoint;
 use aya::{Ebpf, EbpfLoader};
 use ebpf_common::KernelOffsets;
 
@@ -58,7 +58,7 @@ impl Family {
     }
 }
 
-/// One program: its function name in the object (= the tp_btf tracepoint), its family,
+/// One program: its function name in the object (= the raw tracepoint), its family,
 /// whether the family needs it, and the struct members it reads.
 struct ProgramSpec {
     name: &'static str,
@@ -320,8 +320,9 @@ pub fn load() -> Result<Loaded, LoadError> {
         return Err(LoadError::BuiltWithout);
     }
     // Offsets: a program whose members are missing is not loaded (its reason is kept).
-    // Our reading of the kernel's BTF (several MB) is dropped before aya parses its own
-    // copy: holding both at once is most of the agent's peak memory.
+    // The programs are raw tracepoints and read kernel structs through these offsets, so
+    // aya never needs the kernel's BTF: parsing it again in aya (several MB of types held
+    // while loading) was most of the agent's peak memory.
     let mut offsets = KernelOffsets::default();
     let mut skip: Vec<(&'static str, String)> = Vec::new();
     {
@@ -341,7 +342,7 @@ pub fn load() -> Result<Loaded, LoadError> {
             }
         }
     }
-    let aya_btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::NoBtf(e.to_string()))?;
+    trim_heap();
 
     // Locked memory: kernels before 5.11 charge maps to RLIMIT_MEMLOCK. Best effort.
     let unlimited = libc::rlimit {
@@ -352,7 +353,7 @@ pub fn load() -> Result<Loaded, LoadError> {
     let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
 
     let mut ebpf = EbpfLoader::new()
-        .btf(Some(&aya_btf))
+        .btf(None)
         .override_global("OFFSETS", &offsets, true)
         .load(OBJECT)
         .map_err(|e| LoadError::Object(format!("cannot load the eBPF object: {}", explain(&e))))?;
@@ -363,7 +364,7 @@ pub fn load() -> Result<Loaded, LoadError> {
     for spec in PROGRAMS {
         let res = match skip.iter().find(|(name, _)| *name == spec.name) {
             Some((_, why)) => Err(why.clone()),
-            None => attach(&mut ebpf, spec.name, &aya_btf),
+            None => attach(&mut ebpf, spec.name),
         };
         let slot = families
             .iter_mut()
@@ -399,7 +400,7 @@ pub fn load() -> Result<Loaded, LoadError> {
             if let Ok(names) = slot {
                 for name in names.iter() {
                     let program = ebpf.program_mut(name).and_then(|p| {
-                        let p: Option<&mut BtfTracePoint> = p.try_into().ok();
+                        let p: Option<&mut RawTracePoint> = p.try_into().ok();
                         p
                     });
                     if let Some(program) = program {
@@ -410,23 +411,26 @@ pub fn load() -> Result<Loaded, LoadError> {
             *slot = Err(why);
         }
     }
-    // The parsed BTF is no longer needed; hand the freed heap back to the kernel so it
-    // does not stay in the agent's RSS for its whole life.
-    drop(aya_btf);
+    trim_heap();
+    Ok(Loaded { ebpf, families })
+}
+
+/// Hands freed heap back to the kernel, so what loading needed for a moment does not
+/// stay in the agent's RSS for its whole life.
+fn trim_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases free heap pages; it touches no live allocation.
     unsafe {
         libc::malloc_trim(0);
     }
-    Ok(Loaded { ebpf, families })
 }
 
-fn attach(ebpf: &mut Ebpf, name: &'static str, btf: &aya::Btf) -> Result<(), String> {
+fn attach(ebpf: &mut Ebpf, name: &'static str) -> Result<(), String> {
     let program = ebpf
         .program_mut(name)
         .ok_or_else(|| format!("no program {name} in the object"))?;
-    let program: &mut BtfTracePoint = program.try_into().map_err(|e| explain(&e))?;
-    if let Err(e) = program.load(name, btf) {
+    let program: &mut RawTracePoint = program.try_into().map_err(|e| explain(&e))?;
+    if let Err(e) = program.load() {
         if let aya::programs::ProgramError::LoadError { verifier_log, .. } = &e {
             tracing::debug!(program = name, log = %verifier_log, "verifier log");
         }
@@ -442,6 +446,6 @@ fn attach(ebpf: &mut Ebpf, name: &'static str, btf: &aya::Btf) -> Result<(), Str
             }
         });
     }
-    program.attach().map_err(|e| explain(&e))?;
+    program.attach(name).map_err(|e| explain(&e))?;
     Ok(())
 }
