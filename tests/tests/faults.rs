@@ -530,14 +530,8 @@ fn corrupted_spool_segment_is_quarantined() -> anyhow::Result<()> {
 /// A damaged record in the newest spool segment, after the aggregator has acked records
 /// beyond it: the spool keeps only the valid prefix, and the agent must still not hand out
 /// a seq the aggregator has already stored (it would ack the new batch as a duplicate and
-/// drop it, silently).
-///
-/// Ignored: fails today. `Spool::open` truncates the newest segment to its valid prefix and
-/// `Outbox::with_spool` continues at `last_seq() + 1`, so the next batches reuse seqs the
-/// aggregator already stored; it acks them as duplicates and they are lost uncounted.
-/// Run with `cargo test -p e2e --test faults -- --ignored`.
+/// drop it, silently). The spool's seq reservation (`seq_reserved`) is what prevents it.
 #[test]
-#[ignore = "agent bug: seqs reused after the newest spool segment is quarantined"]
 fn quarantine_of_acked_records_does_not_reuse_seqs() -> anyhow::Result<()> {
     let dir = temp_dir("seqreuse");
     let pki = Pki::generate(&dir.join("pki"), &[NODE])?;

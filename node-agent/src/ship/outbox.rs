@@ -86,7 +86,7 @@ impl Outbox {
     }
 
     /// An outbox backed by the spool in `dir`: everything the spool held is queued again
-    /// and seqs continue after the highest one on disk. Returns the spool's session id
+    /// and seqs continue after every seq a previous run may have used. Returns the spool's session id
     /// (stable across restarts) and what recovery found.
     pub fn with_spool(dir: &Path, budget: Budget) -> Result<(Self, Recovered), SpoolError> {
         let (spool, recovered) = Spool::open(dir)?;
@@ -101,7 +101,7 @@ impl Outbox {
                 loc: Some(f.loc),
             });
         }
-        outbox.next_seq = spool.last_seq() + 1;
+        outbox.next_seq = spool.next_seq();
         outbox.spool = Some(spool);
         Ok((outbox, recovered))
     }
@@ -406,7 +406,10 @@ mod tests {
             got,
             vec![(3, vec![2; 10]), (4, vec![3; 10]), (5, vec![4; 10])]
         );
-        assert_eq!(o.push(vec![9; 10], 1), 6);
+        // New seqs continue after the previous run's reservation (seq 1 reserved through
+        // 1 + SEQ_RESERVE), never reusing one it may have sent.
+        let seq = o.push(vec![9; 10], 1);
+        assert_eq!(seq, 1 + crate::ship::spool::SEQ_RESERVE + 1);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The spool: unacked batches on disk, so an agent crash or a reboot loses nothing.
 //!
 //! Layout in the spool directory: `session` (this spool's agent session id, decimal, made
-//! once) and segments `<id>.spool`, each a run of records
+//! once), `seq_reserved` (the highest seq this spool may have handed out, decimal) and
+//! segments `<id>.spool`, each a run of records
 //! `u32 LE body_len | u32 LE crc32(body) | body`, body = `u64 LE seq | u32 LE n_samples |
 //! payload`. Appends go to the newest segment and are `fdatasync`ed before `append`
 //! returns (one fsync per batch, i.e. per `--batch-secs`). Segments rotate at
@@ -9,8 +10,12 @@
 //!
 //! Promises (docs/DURABILITY.md, "Node spool"):
 //! - a batch whose `append` returned is on disk and is replayed after a crash until acked;
-//! - seqs continue across restarts (the newest segment is never deleted, so the highest
-//!   seq is always on disk), so the aggregator's dedup by `(node, session, seq)` holds;
+//! - seqs never repeat within a session, across restarts too: seqs are reserved in blocks
+//!   of [`SEQ_RESERVE`] in `seq_reserved` (written and fsynced before the first append
+//!   past the block), and a reopened spool continues after the reservation. The highest
+//!   seq on disk alone is not enough: a damaged newest segment keeps only its valid prefix,
+//!   and a batch whose append failed lives in memory only, yet both may have been acked.
+//!   Seqs skipped this way are harmless: dedup keeps the highest seq per session;
 //! - a torn tail (crash mid-append) is cut off; a record that fails its checksum anywhere
 //!   else quarantines the segment: its bytes are copied to `quarantine/`, the valid prefix
 //!   is kept, and the loss is counted. The agent always starts.
@@ -24,6 +29,10 @@ use thiserror::Error;
 
 /// Segment size at which a new segment starts.
 pub const SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Seqs reserved at a time in `seq_reserved`: one small fsynced write per this many
+/// batches (about 5.7 hours at 5 s batches).
+pub const SEQ_RESERVE: u64 = 4096;
 
 /// Largest record body accepted when reading (a batch frame is at most 16 MiB).
 const MAX_BODY: usize = 17 * 1024 * 1024;
@@ -108,6 +117,8 @@ pub struct Spool {
     segments: VecDeque<Segment>,
     active: Option<File>,
     bytes: u64,
+    /// Seqs up to this are reserved on disk (`seq_reserved`).
+    seq_reserved: u64,
 }
 
 /// A record found by [`scan_segment`]: `(seq, n_samples, offset of its header in the
@@ -215,12 +226,14 @@ impl Spool {
             });
         }
         let bytes = segments.iter().map(|s| s.bytes).sum();
+        let seq_reserved = load_seq_reserved(dir);
         Ok((
             Spool {
                 dir: dir.to_path_buf(),
                 segments,
                 active: None,
                 bytes,
+                seq_reserved,
             },
             rec,
         ))
@@ -236,6 +249,24 @@ impl Spool {
         self.segments.iter().map(|s| s.last_seq).max().unwrap_or(0)
     }
 
+    /// The first seq that is safe to hand out: past every seq on disk and every seq a
+    /// previous run may have used (its reservation).
+    pub fn next_seq(&self) -> u64 {
+        self.last_seq().max(self.seq_reserved) + 1
+    }
+
+    /// Makes sure `seq` is covered by the reservation on disk before a record carrying it
+    /// is written.
+    fn reserve(&mut self, seq: u64) -> Result<(), SpoolError> {
+        if seq <= self.seq_reserved {
+            return Ok(());
+        }
+        let upto = seq.saturating_add(SEQ_RESERVE);
+        write_durably(&self.dir, "seq_reserved", &format!("{upto}\n"))?;
+        self.seq_reserved = upto;
+        Ok(())
+    }
+
     /// Appends a batch and fsyncs it.
     pub fn append(
         &mut self,
@@ -243,6 +274,7 @@ impl Spool {
         n_samples: usize,
         payload: &[u8],
     ) -> Result<Loc, SpoolError> {
+        self.reserve(seq)?;
         let need_new = match self.segments.back() {
             None => true,
             Some(s) => s.bytes >= SEGMENT_BYTES,
@@ -360,14 +392,37 @@ fn load_or_create_session(dir: &Path) -> Result<u64, SpoolError> {
         return Ok(id);
     }
     let id: u64 = rand::random();
-    let tmp = dir.join("session.tmp");
+    write_durably(dir, "session", &format!("{id}\n"))?;
+    Ok(id)
+}
+
+/// The reservation a previous run left (0 when there is none). An unreadable one is logged
+/// and read as 0: the seqs on disk are then the only floor, as before reservations.
+fn load_seq_reserved(dir: &Path) -> u64 {
+    let path = dir.join("seq_reserved");
+    match fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse().unwrap_or_else(|_| {
+            tracing::error!(file = %path.display(), "spool: seq reservation unreadable; continuing after the highest seq on disk");
+            0
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+        Err(e) => {
+            tracing::error!(file = %path.display(), error = %e, "spool: seq reservation unreadable; continuing after the highest seq on disk");
+            0
+        }
+    }
+}
+
+/// Replaces `dir/name` with `text` atomically: temp file, fsync, rename, fsync the directory.
+fn write_durably(dir: &Path, name: &str, text: &str) -> Result<(), SpoolError> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
     let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(format!("{id}\n").as_bytes())
+    f.write_all(text.as_bytes())
         .and_then(|()| f.sync_all())
         .map_err(io_err(&tmp))?;
     fs::rename(&tmp, &path).map_err(io_err(&path))?;
-    sync_dir(dir)?;
-    Ok(id)
+    sync_dir(dir)
 }
 
 #[cfg(test)]
@@ -471,6 +526,55 @@ mod tests {
         assert!(!seqs.contains(&2));
         assert!(seqs.contains(&6), "later segments are untouched: {seqs:?}");
         assert_eq!(fs::read_dir(dir.join("quarantine")).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn damaged_newest_segment_never_lets_seqs_be_reused() {
+        let dir = temp_dir("reuse");
+        let (mut s, _) = Spool::open(&dir).unwrap();
+        for seq in 1..=5 {
+            s.append(seq, 1, b"payload").unwrap();
+        }
+        drop(s);
+        // Damage the second record: only seq 1 survives, yet seqs 2..=5 may be acked.
+        let path = segment_path(&dir, 1);
+        let mut bytes = fs::read(&path).unwrap();
+        let second = HEADER + BODY_PREFIX + b"payload".len();
+        bytes[second + HEADER + 2] ^= 0xff;
+        fs::write(&path, &bytes).unwrap();
+        let (s, rec) = Spool::open(&dir).unwrap();
+        assert_eq!(rec.quarantined, 1);
+        assert_eq!(s.last_seq(), 1);
+        assert!(
+            s.next_seq() > 5,
+            "next seq {} reuses a handed-out one",
+            s.next_seq()
+        );
+    }
+
+    #[test]
+    fn reservation_is_on_disk_before_the_record_and_reopen_continues_after_it() {
+        let dir = temp_dir("reserve");
+        let (mut s, _) = Spool::open(&dir).unwrap();
+        assert_eq!(s.next_seq(), 1, "a new spool starts at 1");
+        s.append(1, 1, b"x").unwrap();
+        let reserved: u64 = fs::read_to_string(dir.join("seq_reserved"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(reserved, 1 + SEQ_RESERVE);
+        s.append(2, 1, b"y").unwrap();
+        drop(s);
+        let (mut s, _) = Spool::open(&dir).unwrap();
+        let next = s.next_seq();
+        assert_eq!(next, reserved + 1);
+        s.append(next, 1, b"z").unwrap();
+        drop(s);
+        // A spool from before reservations (no file) falls back to the seqs on disk.
+        fs::remove_file(dir.join("seq_reserved")).unwrap();
+        let (s, _) = Spool::open(&dir).unwrap();
+        assert_eq!(s.next_seq(), next + 1);
     }
 
     #[test]
