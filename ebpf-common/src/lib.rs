@@ -85,7 +85,7 @@ pub mod tcp_flag {
     pub const UNKNOWN_START: u32 = 32;
 }
 
-/// A process called `execve` (tp_btf `sched_process_exec`). Sent on `PROC_EVENTS`.
+/// A process called `execve` (raw tracepoint `sched_process_exec`). Sent on `PROC_EVENTS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ExecEvent {
@@ -107,7 +107,7 @@ pub struct ExecEvent {
     pub filename: [u8; FILENAME_LEN],
 }
 
-/// A thread-group leader exited (tp_btf `sched_process_exit`). Sent on `PROC_EVENTS`.
+/// A thread-group leader exited (raw tracepoint `sched_process_exit`). Sent on `PROC_EVENTS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ExitEvent {
@@ -130,7 +130,7 @@ pub struct ExitEvent {
     pub comm: [u8; COMM_LEN],
 }
 
-/// The OOM killer chose a victim (tp_btf `mark_victim`). Sent on `PROC_EVENTS`.
+/// The OOM killer chose a victim (raw tracepoint `mark_victim`). Sent on `PROC_EVENTS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct OomEvent {
@@ -152,7 +152,7 @@ pub struct OomEvent {
     pub trigger_comm: [u8; COMM_LEN],
 }
 
-/// A TCP connection opened (actively) or closed (tp_btf `inet_sock_set_state`). Sent on
+/// A TCP connection opened (actively) or closed (raw tracepoint `inet_sock_set_state`). Sent on
 /// `TCP_EVENTS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]

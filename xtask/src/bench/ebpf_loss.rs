@@ -5,8 +5,8 @@
 //! Steps: build the release agent and aggregator; start them on free loopback ports (a
 //! temporary directory with a development PKI; the agent with its eBPF collectors,
 //! `--interval-secs 1`); wait until `ebpf_process` and `ebpf_tcp` are up; then, for
-//! `--secs`, run `/bin/true` at `--execs-per-sec` from a few threads (fork/exec/wait through
-//! `std::process::Command`, paced on an absolute schedule) and make `--conns-per-sec`
+//! `--secs`, run a program named `true` at `--execs-per-sec` from a few threads
+//! (spawn/exec/wait through `std::process::Command`, paced on an absolute schedule) and make `--conns-per-sec`
 //! loopback TCP connections from a few threads (connect, write a byte, read a byte, close;
 //! a local server accepts, reads a byte, writes one, closes). Afterwards: wait until the
 //! aggregator's counts stop growing, and compare what was generated with what was stored:
@@ -17,7 +17,10 @@
 //! `target/bench-ebpf-loss.json`. Needs root (the agent loads eBPF programs).
 //!
 //! The rates actually achieved are reported next to the requested ones: on a small machine
-//! the generator itself may not keep up (a fork/exec costs a good part of a millisecond).
+//! the generator itself may not keep up. `/bin/true` spends most of its exec in the dynamic
+//! loader (a good part of a millisecond), so on x86_64 the storm runs a 129-byte static
+//! `true` this harness writes (it only calls `exit(0)`); the kernel sees the same exec, exit
+//! and events. `--exec /bin/true` runs the real one.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -52,7 +55,11 @@ pub struct Args {
     /// Loopback TCP connections per second (0: none).
     #[arg(long, value_name = "N", default_value_t = 5000)]
     pub conns_per_sec: u64,
-    /// Threads running `/bin/true`.
+    /// The program the exec storm runs (its file name must be `true`); default: the tiny
+    /// static one this harness writes on x86_64, else `/bin/true`.
+    #[arg(long, value_name = "PATH")]
+    pub exec: Option<std::path::PathBuf>,
+    /// Threads running `true`.
     #[arg(long, value_name = "N", default_value_t = 4,
           value_parser = clap::value_parser!(u64).range(1..=64))]
     pub exec_threads: u64,
@@ -160,13 +167,18 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         args.secs, args.execs_per_sec, args.exec_threads, args.conns_per_sec, args.conn_threads
     );
 
+    let true_bin = match &args.exec {
+        Some(path) => path.clone(),
+        None => tiny_true(&dir)?,
+    };
+    println!("xtask: bench: the exec storm runs {}", true_bin.display());
     let window = Duration::from_secs(args.secs);
     let ts_start_ms = now_ms();
     let cpu_start = own_ticks(agent.pid());
     let t0 = Instant::now() + Duration::from_millis(50);
     let execs = Generator::start("exec", args.execs_per_sec, args.exec_threads, t0, window, {
         move || {
-            Command::new("/bin/true")
+            Command::new(&true_bin)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -496,6 +508,44 @@ fn sql_count(url: &str, sql: &str) -> anyhow::Result<u64> {
     Ok(n.max(0) as u64)
 }
 
+/// Writes a minimal static x86_64 executable `dir/true` that calls `exit(0)`: one ELF
+/// header, one loadable segment, 9 bytes of code. Elsewhere, `/bin/true`.
+fn tiny_true(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    if !cfg!(target_arch = "x86_64") {
+        return Ok("/bin/true".into());
+    }
+    const BASE: u64 = 0x40_0000;
+    const EHDR: u64 = 64;
+    const PHDR: u64 = 56;
+    // xor edi, edi; mov eax, 60 (exit); syscall
+    const CODE: [u8; 9] = [0x31, 0xff, 0xb8, 0x3c, 0, 0, 0, 0x0f, 0x05];
+    let size = EHDR + PHDR + CODE.len() as u64;
+    let mut elf = Vec::with_capacity(size as usize);
+    elf.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    elf.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    elf.extend_from_slice(&0x3eu16.to_le_bytes()); // EM_X86_64
+    elf.extend_from_slice(&1u32.to_le_bytes()); // EV_CURRENT
+    elf.extend_from_slice(&(BASE + EHDR + PHDR).to_le_bytes()); // entry
+    elf.extend_from_slice(&EHDR.to_le_bytes()); // program headers
+    elf.extend_from_slice(&0u64.to_le_bytes()); // no section headers
+    elf.extend_from_slice(&0u32.to_le_bytes()); // flags
+    for half in [EHDR as u16, PHDR as u16, 1, 64, 0, 0] {
+        elf.extend_from_slice(&half.to_le_bytes());
+    }
+    elf.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    elf.extend_from_slice(&5u32.to_le_bytes()); // R + X
+    for word in [0, BASE, BASE, size, size, 0x1000u64] {
+        elf.extend_from_slice(&word.to_le_bytes());
+    }
+    elf.extend_from_slice(&CODE);
+    let path = dir.join("true");
+    fs::write(&path, &elf).with_context(|| format!("could not write {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("could not make {} executable", path.display()))?;
+    Ok(path)
+}
+
 /// One client connection: connect, write a byte, read the server's byte, close.
 fn one_connection(port: u16) -> std::io::Result<()> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
@@ -668,6 +718,16 @@ mod tests {
             (args.secs, args.execs_per_sec, args.conns_per_sec),
             (5, 0, 100)
         );
+    }
+
+    #[test]
+    fn tiny_true_runs_and_exits_zero() {
+        let dir = std::env::temp_dir().join(format!("tiny-true-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = super::tiny_true(&dir).unwrap();
+        let status = Command::new(&path).status().unwrap();
+        assert!(status.success(), "{} exited with {status}", path.display());
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
