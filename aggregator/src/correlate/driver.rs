@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{Array, Float64Array, Int64Array, StringArray};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
@@ -443,9 +443,20 @@ impl Columns<'_> {
         Ok(arr.iter().map(|v| v.map(str::to_string)).collect())
     }
 
-    /// Integers (timestamps as their ms).
+    /// Integers (timestamps as their ms, whatever their unit: `date_bin` answers in
+    /// nanoseconds even over a millisecond column).
     pub fn ints(&self, name: &str) -> Result<Vec<Option<i64>>, DriverError> {
-        let col = self.column(name, &DataType::Int64)?;
+        let raw = self
+            .0
+            .column_by_name(name)
+            .ok_or_else(|| DriverError::MissingColumn(name.to_string()))?;
+        let col = match raw.data_type() {
+            DataType::Timestamp(unit, tz) if *unit != TimeUnit::Millisecond => {
+                cast(raw, &DataType::Timestamp(TimeUnit::Millisecond, tz.clone()))?
+            }
+            _ => raw.clone(),
+        };
+        let col = cast(&col, &DataType::Int64)?;
         let arr = col
             .as_any()
             .downcast_ref::<Int64Array>()
@@ -1144,6 +1155,24 @@ mod tests {
         );
         // frontend never listens anywhere: its address is unknown.
         assert_eq!(p.caller_at("checkout@n2", "10.0.0.11"), None);
+    }
+
+    /// `date_bin` over a millisecond column answers nanoseconds; buckets must still come
+    /// out in ms, the unit of every other time the RCA input holds.
+    #[tokio::test]
+    async fn buckets_come_out_in_milliseconds() {
+        let ctx = SessionContext::new();
+        let batches = collect(
+            &ctx,
+            "SELECT date_bin(INTERVAL '1000 milliseconds', to_timestamp_millis(1796117561500)) AS b, \
+               to_timestamp_millis(1796117561500) AS t, CAST(7 AS BIGINT) AS n",
+        )
+        .await
+        .expect("query");
+        let c = Columns(&batches[0]);
+        assert_eq!(c.ints("b").expect("b"), vec![Some(1_796_117_561_000)]);
+        assert_eq!(c.ints("t").expect("t"), vec![Some(1_796_117_561_500)]);
+        assert_eq!(c.ints("n").expect("n"), vec![Some(7)]);
     }
 
     #[test]
