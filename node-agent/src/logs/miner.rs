@@ -110,10 +110,11 @@ impl TemplateMiner {
         } else {
             line
         };
-        let tokens: Vec<String> = mask::tokenize(line, self.cfg.max_tokens)
+        let mut tokens: Vec<String> = mask::tokenize(line, self.cfg.max_tokens)
             .into_iter()
             .map(|t| mask::mask_token(t).into_owned())
             .collect();
+        mask::mask_access_log(&mut tokens);
         self.tick += 1;
         let path = self.route(&tokens);
         let best = self
@@ -190,11 +191,15 @@ impl TemplateMiner {
         let levels = self.cfg.depth.saturating_sub(2);
         let max_children = self.cfg.max_children.max(1);
         let mut node = self.root.entry(tokens.len()).or_default();
-        for token in tokens.iter().filter(|t| !mask::is_variable(t)).take(levels) {
-            let key = if node.children.contains_key(token.as_str())
-                || node.children.len() + 1 < max_children
+        for token in tokens
+            .iter()
+            .filter(|t| !mask::is_variable(t))
+            .map(|t| routing_key(t))
+            .take(levels)
+        {
+            let key = if node.children.contains_key(token) || node.children.len() + 1 < max_children
             {
-                token.clone()
+                token.to_string()
             } else {
                 WILDCARD.to_string()
             };
@@ -222,13 +227,8 @@ impl TemplateMiner {
             if c.tokens.len() != tokens.len() {
                 continue;
             }
-            let equal = c.tokens.iter().zip(tokens).filter(|(t, l)| t == l).count();
+            let sim = similarity(&c.tokens, tokens);
             let wild = c.tokens.iter().filter(|t| t.as_str() == WILDCARD).count();
-            let sim = if tokens.is_empty() {
-                1.0
-            } else {
-                equal as f64 / tokens.len() as f64
-            };
             let better = match best {
                 None => true,
                 Some((s, w, _)) => sim > s || (sim == s && wild > w),
@@ -309,6 +309,47 @@ fn prune(node: &mut Node, path: &[String], id: u64) {
                 }
             }
         }
+    }
+}
+
+/// The routing key of a constant token: the key alone of a `key=value` token (the value
+/// is a parameter far more often than not: `containerName="app"`, `resource=memory`), else
+/// the token.
+fn routing_key(token: &str) -> &str {
+    match token.find('=') {
+        Some(eq)
+            if eq > 0
+                && token[..eq]
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')) =>
+        {
+            &token[..=eq]
+        }
+        _ => token,
+    }
+}
+
+/// Drain's similarity, with masked variables set aside: the fraction of equal tokens over
+/// the positions where the line or the template holds a constant. A position where both
+/// hold a bare `<*>` (a masked timestamp, pid or address in a header, or a variable the
+/// template already learned that this line also masks) says nothing either way, so a long
+/// masked header neither inflates nor dilutes the score of the message after it.
+fn similarity(template: &[String], line: &[String]) -> f64 {
+    let mut equal = 0usize;
+    let mut compared = 0usize;
+    for (t, l) in template.iter().zip(line) {
+        if t == WILDCARD && l == WILDCARD {
+            continue;
+        }
+        compared += 1;
+        if t == l {
+            equal += 1;
+        }
+    }
+    if compared == 0 {
+        1.0
+    } else {
+        equal as f64 / compared as f64
     }
 }
 

@@ -68,6 +68,52 @@ fn separates_different_events_of_the_same_shape() {
 }
 
 #[test]
+fn key_value_words_are_parameters_not_routes() {
+    // klog structured lines: the value of `key="word"` varies per line of one event.
+    let (r, _) = mine(&[
+        r#"I1012 00:00:30.146279    8917 eviction_manager.go:366] "Eviction manager: attempting to reclaim" resourceName="memory""#,
+        r#"W1012 00:00:31.146279    8918 eviction_manager.go:366] "Eviction manager: attempting to reclaim" resourceName="nodefs""#,
+        r#"W1012 00:00:32.146279    8919 kubelet.go:2430] "SyncLoop UPDATE" source="api" pods=["default/web-1"]"#,
+    ]);
+    assert_eq!(r[0].template_id, r[1].template_id);
+    assert!(
+        r[1].template.ends_with("resourceName=<*>"),
+        "{}",
+        r[1].template
+    );
+    assert_ne!(r[0].template_id, r[2].template_id);
+}
+
+#[test]
+fn masked_headers_neither_join_nor_split_messages() {
+    // Same header shape, different messages: the masked header must not make them alike.
+    let (r, _) = mine(&[
+        "2024-05-01 00:00:02.440  INFO 1 --- [nio-8080-exec-78] c.e.shop.UserService : Fetched user 11756 in 513 ms",
+        "2024-05-01 00:00:03.440  INFO 1 --- [nio-8080-exec-7] c.e.shop.OrderController : Inventory reserved for order 1234: 1,2,3",
+        "2024-05-01 00:00:04.440  INFO 1 --- [nio-8080-exec-9] c.e.shop.UserService : Fetched user 12 in 5 ms",
+    ]);
+    assert_ne!(r[0].template_id, r[1].template_id);
+    assert_eq!(r[0].template_id, r[2].template_id);
+}
+
+#[test]
+fn access_log_lines_are_one_event() {
+    let (r, _) = mine(&[
+        r#"10.0.0.1 - - [10/Oct/2023:00:01:56 +0000] "GET /index.html HTTP/1.1" 200 512 "-" "curl/8.4.0""#,
+        r#"10.0.0.2 - alice [10/Oct/2023:00:01:57 +0000] "POST /api/v1/users HTTP/1.1" 201 12 "https://example.com/" "Mozilla/5.0 (X11; Linux x86_64)""#,
+        r#"10.0.0.3 - bob [10/Oct/2023:00:01:58 +0000] "DELETE /x HTTP/1.1" 404 0 "-" "kube-probe/1.28""#,
+        r#"2023/10/10 00:01:59 [error] 12#12: *3 connect() failed (111: Connection refused) while connecting to upstream"#,
+    ]);
+    assert_eq!(r[0].template_id, r[1].template_id);
+    assert_eq!(r[0].template_id, r[2].template_id);
+    assert_eq!(
+        r[2].template,
+        r#"<*> <*> <*> [<*> <*>] "<*>" <*> <*> "<*>" "<*>""#
+    );
+    assert_ne!(r[0].template_id, r[3].template_id);
+}
+
+#[test]
 fn miner_is_bounded_and_counts_evictions() {
     let cfg = MinerConfig {
         max_templates: 5,
