@@ -1,14 +1,18 @@
 //! `common::codec::decode_batch` (zstd + payload) and `decode_uncompressed` (payload only)
-//! on arbitrary bytes.
+//! on arbitrary bytes, and the same bytes as connection-form payloads (protocol 2) through
+//! `common::dict::ReceiverDict`, alone and as two batches of one connection.
 //!
 //! Checks: never panics; whatever decodes re-encodes to a payload that decodes to the same
 //! batch (values compared bit for bit, so NaN and -0.0 count), and encoding that batch
 //! again gives the same bytes (the encoder is deterministic and the decoder loses nothing
-//! the encoder needs).
+//! the encoder needs). A resolved connection-form batch has a self-contained copy (what
+//! the WAL stores) that decodes to the same records, and what an agent's `SenderDict`
+//! would send for those records resolves back to them on a fresh connection.
 
 #![no_main]
 
 use common::codec::{decode_batch, decode_uncompressed, encode_batch, encode_uncompressed};
+use common::dict::{ReceiverDict, SenderDict};
 use common::model::Batch;
 use libfuzzer_sys::fuzz_target;
 
@@ -21,7 +25,44 @@ fuzz_target!(|data: &[u8]| {
         let back = decode_batch(&encode_batch(&batch)).expect("a re-compressed batch decodes");
         assert_same(&batch, &back);
     }
+    check_connection_form(data);
+    // Two batches of one connection: what the first defines, the second may use.
+    if let Some((&cut, rest)) = data.split_first() {
+        let (a, b) = rest.split_at(usize::from(cut).min(rest.len()));
+        let mut rx = ReceiverDict::default();
+        let _ = rx.decode_uncompressed(a);
+        if let Ok(r) = rx.decode_uncompressed(b) {
+            check_resolved(&r.batch, r.self_contained.as_deref());
+        }
+    }
 });
+
+fn check_connection_form(data: &[u8]) {
+    let mut rx = ReceiverDict::default();
+    let Ok(r) = rx.decode_uncompressed(data) else {
+        return;
+    };
+    check_resolved(&r.batch, r.self_contained.as_deref());
+    // What an agent sends for these records on a fresh connection resolves back to them.
+    let mut tx = SenderDict::default();
+    if let Some(conn) = tx
+        .encode_uncompressed(1, &encode_uncompressed(&r.batch))
+        .expect("a self-contained payload of our own splits")
+    {
+        let back = ReceiverDict::default()
+            .decode_uncompressed(&conn)
+            .expect("the connection form of decoded records resolves");
+        assert_same(&r.batch, &back.batch);
+    }
+}
+
+fn check_resolved(batch: &Batch, self_contained: Option<&[u8]>) {
+    if let Some(wal) = self_contained {
+        let back = decode_uncompressed(wal).expect("the WAL copy of a resolved batch decodes");
+        assert_same(batch, &back);
+    }
+    check_round_trip(batch);
+}
 
 fn check_round_trip(batch: &Batch) {
     let raw = encode_uncompressed(batch);
