@@ -325,6 +325,8 @@ struct Score {
     false_episodes: usize,
     samples: usize,
     delays: Vec<usize>,
+    /// False-positive episodes by the detector that opened them.
+    false_by_detector: std::collections::BTreeMap<&'static str, usize>,
 }
 
 impl Score {
@@ -336,6 +338,9 @@ impl Score {
         self.false_episodes += o.false_episodes;
         self.samples += o.samples;
         self.delays.extend(&o.delays);
+        for (k, v) in &o.false_by_detector {
+            *self.false_by_detector.entry(k).or_default() += v;
+        }
     }
     fn precision(&self) -> f64 {
         if self.episodes == 0 {
@@ -381,6 +386,7 @@ fn median(v: &[usize]) -> Option<f64> {
 /// Runs the agent's detector over a case; scores it overall and per anomaly kind.
 fn evaluate(case: &Case, cfg: &DetectConfig) -> (Score, HashMap<Kind, Score>) {
     let mut det = SeriesDetector::new(cfg);
+    let mut opened_by: HashMap<usize, &'static str> = HashMap::new();
     let flags: Vec<bool> = case
         .values
         .iter()
@@ -391,7 +397,11 @@ fn evaluate(case: &Case, cfg: &DetectConfig) -> (Score, HashMap<Kind, Score>) {
             } else {
                 T0 + i as i64 * case.step_ms
             };
-            det.observe(cfg, ts, v).in_anomaly
+            let obs = det.observe(cfg, ts, v);
+            if let Some(a) = &obs.anomaly {
+                opened_by.insert(i, a.detector);
+            }
+            obs.in_anomaly
         })
         .collect();
     // Episodes: maximal runs of flagged samples.
@@ -436,7 +446,11 @@ fn evaluate(case: &Case, cfg: &DetectConfig) -> (Score, HashMap<Kind, Score>) {
                 total.true_episodes += 1;
                 per_kind.entry(w.kind).or_default().true_episodes += 1;
             }
-            None => total.false_episodes += 1,
+            None => {
+                total.false_episodes += 1;
+                let by = opened_by.get(&s).copied().unwrap_or("?");
+                *total.false_by_detector.entry(by).or_default() += 1;
+            }
         }
     }
     (total, per_kind)
@@ -621,9 +635,16 @@ fn main() -> anyhow::Result<()> {
         "{:<18} {:>7} {:>8} {:>8} {:>6} {:>6} {:>6} {:>7} {:>10}",
         "series", "windows", "detected", "FP eps", "prec", "recall", "F1", "delay", "FP/10k"
     );
+    let by_detector = |s: &Score| {
+        s.false_by_detector
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     for (name, s) in &by_base {
         println!(
-            "{:<18} {:>7} {:>8} {:>8} {:>6.3} {:>6.3} {:>6.3} {:>7} {:>10.2}",
+            "{:<18} {:>7} {:>8} {:>8} {:>6.3} {:>6.3} {:>6.3} {:>7} {:>10.2}  {}",
             name,
             s.windows,
             s.detected,
@@ -632,11 +653,12 @@ fn main() -> anyhow::Result<()> {
             s.recall(),
             s.f1(),
             fmt_opt(s.median_delay()),
-            s.false_episodes as f64 * 1e4 / s.samples as f64
+            s.false_episodes as f64 * 1e4 / s.samples as f64,
+            by_detector(s)
         );
     }
     println!(
-        "{:<18} {:>7} {:>8} {:>8} {:>6.3} {:>6.3} {:>6.3} {:>7} {:>10.2}",
+        "{:<18} {:>7} {:>8} {:>8} {:>6.3} {:>6.3} {:>6.3} {:>7} {:>10.2}  {}",
         "ALL",
         total.windows,
         total.detected,
@@ -645,7 +667,21 @@ fn main() -> anyhow::Result<()> {
         total.recall(),
         total.f1(),
         fmt_opt(total.median_delay()),
-        total.false_episodes as f64 * 1e4 / total.samples as f64
+        total.false_episodes as f64 * 1e4 / total.samples as f64,
+        by_detector(&total)
+    );
+    // The table's precision counts every episode that overlaps a window as a true
+    // positive, so a detector that flickers inside a window gains by it. Per window: each
+    // detected window once, against the false episodes.
+    let window_precision =
+        total.detected as f64 / (total.detected + total.false_episodes).max(1) as f64;
+    let window_f1 = if window_precision + total.recall() > 0.0 {
+        2.0 * window_precision * total.recall() / (window_precision + total.recall())
+    } else {
+        0.0
+    };
+    println!(
+        "per-window precision {window_precision:.3}, F1 {window_f1:.3} (each detected window once)"
     );
     println!();
     println!(
@@ -727,6 +763,9 @@ fn main() -> anyhow::Result<()> {
             "f1": total.f1(),
             "median_delay_samples": total.median_delay(),
             "false_episodes_per_10k_samples": total.false_episodes as f64 * 1e4 / total.samples as f64,
+            "false_episodes_by_detector": total.false_by_detector,
+            "per_window_precision": window_precision,
+            "per_window_f1": window_f1,
             "by_series": by_base.iter().map(|(n, s)| json!({
                 "series": n, "windows": s.windows, "detected": s.detected, "false_episodes": s.false_episodes,
                 "precision": s.precision(), "recall": s.recall(), "f1": s.f1(), "median_delay_samples": s.median_delay(),

@@ -7,6 +7,8 @@ use super::config::DetectConfig;
 use super::series::{Observation, SeriesDetector};
 
 const NIL: u32 = u32::MAX;
+/// Slots reserved at creation at most (about 54 MB of address space).
+const PRESERVED_SLOTS: usize = 1 << 16;
 
 struct Slot<K> {
     key: K,
@@ -31,12 +33,19 @@ pub struct DetectorBank<K: Hash + Eq + Clone> {
 
 impl<K: Hash + Eq + Clone> DetectorBank<K> {
     /// An empty bank; `max_series` is at least 1.
+    ///
+    /// The slots and the index are reserved up front for the bound (up to
+    /// `PRESERVED_SLOTS`): address space only, as pages become resident when a slot is
+    /// first used, and growing by doubling would leave the outgrown copies resident in
+    /// the allocator (half again the bank's size).
     pub fn new(cfg: DetectConfig, max_series: usize) -> Self {
+        let max_series = max_series.clamp(1, (NIL - 1) as usize);
+        let reserve = max_series.min(PRESERVED_SLOTS);
         DetectorBank {
             cfg,
-            max_series: max_series.clamp(1, (NIL - 1) as usize),
-            index: HashMap::new(),
-            slots: Vec::new(),
+            max_series,
+            index: HashMap::with_capacity(reserve),
+            slots: Vec::with_capacity(reserve),
             head: NIL,
             tail: NIL,
             evictions: 0,

@@ -5,7 +5,7 @@
 //! they were chosen once, from first principles and the synthetic harness, for all series.
 
 use super::config::DetectConfig;
-use super::stats::{self, TAIL_U, Tail};
+use super::stats::{self, Shape, TAIL_U, Tail};
 
 /// Recent deseasonalised values kept for re-basing and for the period search.
 const RING: usize = 64;
@@ -41,6 +41,12 @@ const CUSUM_CLIP: f64 = 4.0;
 const VAR_GAIN: f64 = 0.375;
 const VAR_COST: f64 = std::f64::consts::LN_2;
 const VAR_CLIP: f64 = 9.0;
+/// Learning rate of the drift residual's autocorrelation (memory about 500 samples), and
+/// its largest value used (a random walk's would be 1 and whiten every change away).
+const AC_ALPHA: f64 = 0.002;
+const AC_MAX: f64 = 0.95;
+/// Samples after a level re-base in which another change point belongs to the same change.
+const REFRACTORY: u16 = 32;
 /// Seasonal profile learning rate per period (each bin forgets in about 3 periods).
 const SEASON_GAMMA: f64 = 0.3;
 /// Mean absolute deviation to standard deviation for a normal distribution.
@@ -72,6 +78,10 @@ const DETECTORS: [&str; N_DET] = ["robust_residual", "change_point", "variance"]
 /// the normal surprise; for the CUSUMs, excursions peaking over 3, about 1 in 120 samples
 /// by Siegmund's approximation (the peaks' excesses are then about Exp(1) as well).
 const PRIOR_PU: [f64; N_DET] = [0.049_787, 0.008, 0.008];
+/// How each tail learns its shape: the residual has an event every sample and learns it
+/// from its own tail events; a CUSUM has one per excursion, too few to reshape its tail
+/// quickly without learning a drift as normal.
+const SHAPE: [Shape; N_DET] = [Shape::Learned, Shape::Null, Shape::Learned];
 const SPIKE: usize = 0;
 const CHANGE: usize = 1;
 const VARIANCE: usize = 2;
@@ -189,6 +199,17 @@ pub struct SeriesDetector {
     cp_gate: u32,
     /// Sample count when the season started (its learning rates decay from there).
     season_start: u32,
+    /// A daily profile assumed from the wall clock (not found in the data) is applied from
+    /// the start but kept only while it predicts: from its second period on, the mean
+    /// square of the series' changes over a lag, with and without the profile's change
+    /// over the same lag removed (`gate_with`, `gate_without`), decide, with hysteresis.
+    /// A profile learned from a series with no daily cycle is only its first day's noise,
+    /// trends and anomalies replayed, and would turn them into false alarms a day later.
+    season_gated: bool,
+    season_applied: bool,
+    gate_n: u16,
+    gate_with: f32,
+    gate_without: f32,
     last_ts: i64,
     interval_ms: i64,
     period_ms: i64,
@@ -213,6 +234,13 @@ pub struct SeriesDetector {
     quantum: f64,
     last_x: f64,
     prev_ef: f32,
+    /// Previous standardised drift residual, and the exponentially weighted lag-1
+    /// products and squares that give its autocorrelation `phi`.
+    prev_zs: f32,
+    /// Samples since the last level re-base.
+    since_rebase: u16,
+    ac_xy: f32,
+    ac_xx: f32,
     /// Trend when the current CUSUM excursion began, restored by a quick re-base (a step
     /// kicks the trend, and a kicked trend would drift the new level away).
     trend_before: f32,
@@ -253,6 +281,11 @@ impl SeriesDetector {
             var_run: 0,
             cp_gate: 0,
             season_start: 0,
+            season_gated: false,
+            season_applied: false,
+            gate_n: 0,
+            gate_with: 0.0,
+            gate_without: 0.0,
             last_ts: 0,
             interval_ms: 0,
             period_ms: 0,
@@ -270,6 +303,10 @@ impl SeriesDetector {
             quantum: f64::INFINITY,
             last_x: 0.0,
             prev_ef: 0.0,
+            prev_zs: 0.0,
+            since_rebase: u16::MAX,
+            ac_xy: 0.0,
+            ac_xx: 1.0,
             trend_before: 0.0,
             cusum_pos: 0.0,
             cusum_neg: 0.0,
@@ -345,7 +382,14 @@ impl SeriesDetector {
         let zv2 = (z_v * z_v).min(VAR_CLIP);
         self.var_ew += 0.2 * (zv2 as f32 - self.var_ew);
         if warm && self.n >= self.cp_gate {
-            let zc = z_s.clamp(-CUSUM_CLIP, CUSUM_CLIP);
+            // An autocorrelated series (a random walk, AR noise about a slow level) wanders
+            // off its slow level for long stretches as a matter of course: the CUSUM sees
+            // its innovations, `(z - phi z_prev) / sqrt(1 - phi²)`, so the wander is no
+            // more extreme than its own increments (for uncorrelated noise phi ≈ 0 and this
+            // is `z`).
+            let phi = self.phi();
+            let zw = (z_s - phi * f64::from(self.prev_zs)) / (1.0 - phi * phi).sqrt();
+            let zc = zw.clamp(-CUSUM_CLIP, CUSUM_CLIP);
             self.cusum_pos = (self.cusum_pos + (zc - CUSUM_K) as f32).max(0.0);
             self.cusum_neg = (self.cusum_neg + (-zc - CUSUM_K) as f32).max(0.0);
             if self.cusum_pos.max(self.cusum_neg) > 0.0 {
@@ -383,8 +427,9 @@ impl SeriesDetector {
         if warm {
             for i in 0..N_DET {
                 if surprise[i] > TAIL_U {
-                    let p =
-                        (self.tails[i].tail_prob(surprise[i], PRIOR_PU[i]) * N_DET as f64).min(1.0);
+                    let p = (self.tails[i].tail_prob(surprise[i], PRIOR_PU[i], SHAPE[i])
+                        * N_DET as f64)
+                        .min(1.0);
                     let s = (-p / cfg.false_alarm_rate).exp2();
                     det_score[i] = if s.is_nan() { 0.0 } else { s.clamp(0.0, 1.0) };
                     if det_score[i] > score {
@@ -399,7 +444,13 @@ impl SeriesDetector {
         let expected = self.lf + self.trend + season;
         let half = f64::from(self.band_z) * sig_f;
         let (lower, upper) = (expected - half, expected + half);
-        let opened = warm && self.episode.step(cfg, ts_ms, score);
+        // A change point re-confirmed within `REFRACTORY` samples of the last re-base is
+        // the same change still settling (a ramp going on or ending, a level being
+        // re-estimated): it keeps an open episode open but does not open another one.
+        let settling = which == CHANGE && self.since_rebase < REFRACTORY && !self.episode.open;
+        let episode_score = if settling { 0.0 } else { score };
+        let opened = warm && self.episode.step(cfg, ts_ms, episode_score);
+        self.since_rebase = self.since_rebase.saturating_add(1);
         let anomaly = opened.then(|| {
             let run = match which {
                 CHANGE => self.run_len,
@@ -451,6 +502,16 @@ impl SeriesDetector {
             upper,
             anomaly,
             in_anomaly: self.episode.open && self.episode.reported,
+        }
+    }
+
+    /// Lag-1 autocorrelation of the standardised drift residual, in `[0, AC_MAX]`.
+    fn phi(&self) -> f64 {
+        let r = f64::from(self.ac_xy) / f64::from(self.ac_xx).max(1e-9);
+        if r.is_finite() {
+            r.clamp(0.0, AC_MAX)
+        } else {
+            0.0
         }
     }
 
@@ -545,7 +606,8 @@ impl SeriesDetector {
                 *peak = peak.max(surprise[i] as f32);
                 if surprise[i] <= 0.0 && *peak > 0.0 {
                     let p = cfg.false_alarm_rate * (1.0 / cfg.open_threshold).log2() / N_DET as f64;
-                    let alerting = f64::from(*peak) >= self.tails[i].quantile(p, PRIOR_PU[i]);
+                    let alerting =
+                        f64::from(*peak) >= self.tails[i].quantile(p, PRIOR_PU[i], SHAPE[i]);
                     self.tails[i].event(f64::from(*peak), if alerting { w_anomalous } else { 1.0 });
                     *peak = 0.0;
                 }
@@ -582,6 +644,14 @@ impl SeriesDetector {
         }
         self.last_x = x;
         self.prev_ef = e_f.clamp(-1e30, 1e30) as f32;
+        // Autocorrelation from calm samples only (clipped), so a change does not teach it.
+        let zs = (e_s / sig_s).clamp(-SLOW_SCALE_CLIP, SLOW_SCALE_CLIP);
+        if !(warm && score >= cfg.open_threshold) {
+            let w = AC_ALPHA.max(1.0 / n.max(1.0)) as f32;
+            self.ac_xy += w * ((zs * f64::from(self.prev_zs)) as f32 - self.ac_xy);
+            self.ac_xx += w * ((zs * zs) as f32 - self.ac_xx);
+        }
+        self.prev_zs = zs as f32;
         if self.season == SEASON_ON {
             self.learn_season(x, d);
         }
@@ -659,7 +729,12 @@ impl SeriesDetector {
         }
         let level = median(&mut buf[..m]);
         if level.is_finite() {
-            self.lseason += level - self.ls;
+            // The profile's level follows a level shift; a profile not applied is learned
+            // against its own level, which a change of the raw series' level says nothing
+            // about (it may be the daily swing itself).
+            if self.season_applied {
+                self.lseason += level - self.ls;
+            }
             self.lf = level;
             self.ls = level;
             self.prev_ef = (d - level).clamp(-1e30, 1e30) as f32;
@@ -667,6 +742,7 @@ impl SeriesDetector {
         self.cusum_pos = 0.0;
         self.cusum_neg = 0.0;
         self.run_len = 0;
+        self.since_rebase = 0;
     }
 
     /// A confirmed variance change: the scales jump to the recent noise level.
@@ -683,7 +759,7 @@ impl SeriesDetector {
     /// detector's calibrated score reaches 0.5.
     fn update_band(&mut self, cfg: &DetectConfig) {
         let p = cfg.false_alarm_rate / N_DET as f64;
-        let s = self.tails[SPIKE].quantile(p, PRIOR_PU[SPIKE]);
+        let s = self.tails[SPIKE].quantile(p, PRIOR_PU[SPIKE], SHAPE[SPIKE]);
         let z = stats::normal_z_for_surprise(s);
         self.band_z = if z.is_finite() {
             z.clamp(1.0, 50.0) as f32
@@ -706,7 +782,7 @@ impl SeriesDetector {
     }
 
     fn season_at(&self, ts_ms: i64) -> f64 {
-        if self.season != SEASON_ON {
+        if self.season != SEASON_ON || !self.season_applied {
             return 0.0;
         }
         let (i0, i1, w) = self.phase(ts_ms);
@@ -726,15 +802,39 @@ impl SeriesDetector {
         // follow the swing and bend the first profile, which every later period inherits.
         // The first profile then holds that level's offset, removed when it is centred.
         let a = (0.5 / per_period).clamp(2.5e-4, 0.025);
-        let err = d - (self.lseason + self.trend_season);
+        let gamma = SEASON_GAMMA.max(1.0 / ((age / per_period).floor() + 1.0));
+        let (i0, i1, w) = self.phase(self.last_ts);
+        let current = (1.0 - w) * f64::from(self.bins[i0]) + w * f64::from(self.bins[i1]);
+        // `d` is `x - current` while the profile is applied; the profile's own level always
+        // learns from the deseasonalised value.
+        let _ = d;
+        let err = (x - current) - (self.lseason + self.trend_season);
         if age >= per_period {
             self.lseason += self.trend_season + a * err;
             self.trend_season += 0.25 * a * a * err;
         }
-        let gamma = SEASON_GAMMA.max(1.0 / ((age / per_period).floor() + 1.0));
-        let (i0, i1, w) = self.phase(self.last_ts);
-        let current = (1.0 - w) * f64::from(self.bins[i0]) + w * f64::from(self.bins[i1]);
         let raw = (x - self.lseason) - current;
+        // Changes over a lag of up to the ring's length (a quarter period at most): levels,
+        // level shifts and slow trends cancel, the daily swing does not. Tested once the
+        // lag reaches back into the second period only (the first pass was still learning
+        // the profile that its values were deseasonalised with).
+        let lag = (per_period / 4.0).clamp(1.0, RING as f64) as usize;
+        if self.season_gated && age >= per_period + lag as f64 {
+            let past_ts = self
+                .last_ts
+                .saturating_sub(self.interval_ms.saturating_mul(lag as i64));
+            let (j0, j1, wp) = self.phase(past_ts);
+            let past_profile =
+                (1.0 - wp) * f64::from(self.bins[j0]) + wp * f64::from(self.bins[j1]);
+            let applied_then = if self.season_applied {
+                past_profile
+            } else {
+                0.0
+            };
+            let past_x = self.ring_back(lag - 1) + applied_then;
+            let dx = x - past_x;
+            self.gate(per_period, dx - (current - past_profile), dx, current);
+        }
         // The first two periods learn the shape unclipped: the clip is for anomalies in an
         // already known profile, not for the profile itself.
         let err = if self.abs_season > 0.0 && gamma < 0.5 {
@@ -772,9 +872,43 @@ impl SeriesDetector {
             for b in &mut self.bins[..nb] {
                 *b = (f64::from(*b) - mean) as f32;
             }
-            self.lf += mean;
-            self.ls += mean;
+            if self.season_applied {
+                self.lf += mean;
+                self.ls += mean;
+            }
             self.lseason += mean;
+        }
+    }
+
+    /// Out-of-sample test of a gated profile on the series' changes over a lag: withdraws
+    /// it once it adds to their mean square (it replays noise; a flat stretch of a real
+    /// cycle leaves the square as it is), applies it again once it removes a fifth.
+    /// Switching moves the levels by the profile's current value, so forecasts do not jump.
+    fn gate(&mut self, per_period: f64, with: f64, without: f64, current: f64) {
+        self.gate_n = self.gate_n.saturating_add(1);
+        let w = (1.0 / f64::from(self.gate_n)).max(2.0 / per_period);
+        self.gate_with += (w * ((with * with).min(1e30) - f64::from(self.gate_with))) as f32;
+        self.gate_without +=
+            (w * ((without * without).min(1e30) - f64::from(self.gate_without))) as f32;
+        let ratio = f64::from(self.gate_with) / f64::from(self.gate_without).max(1e-300);
+        let turn_on = !self.season_applied && self.gate_n >= 64 && ratio < 0.8;
+        let turn_off = self.season_applied && self.gate_n >= 256 && ratio > 1.05;
+        if turn_on {
+            self.season_applied = true;
+            self.lf -= current;
+            self.ls -= current;
+            self.trend = self.trend_season;
+            self.trend_slow = self.trend_season;
+        } else if turn_off {
+            self.season_applied = false;
+            self.lf += current;
+            self.ls += current;
+        }
+        if turn_on || turn_off {
+            self.cusum_pos = 0.0;
+            self.cusum_neg = 0.0;
+            self.run_len = 0;
+            self.prev_ef = 0.0;
         }
     }
 
@@ -838,11 +972,16 @@ impl SeriesDetector {
         };
         self.season = SEASON_ON;
         self.season_start = self.n;
+        self.season_gated = is_daily;
+        self.season_applied = true;
         self.lseason = self.ls;
         self.abs_season = self.abs_s;
         if period as usize * 2 <= RING {
             self.seed_season(&ordered, period as usize);
         } else {
+            // An assumed daily profile is not applied before it has shown it predicts:
+            // the series is modelled as it is meanwhile, with the warm-up's trend, and the
+            // change-point detector is not blinded for a day on an assumption.
             self.trend = 0.0;
             self.trend_slow = 0.0;
             if period <= SEASON_GATE_MAX_PERIOD {

@@ -10,8 +10,29 @@ const KNOT_STEP: f64 = 3.0;
 /// Memory of the counts at the two lower knots and at the top knot (rarer, so longer).
 const DECAY_LOW: f32 = 1.0 - 1.0 / 4096.0;
 const DECAY_TOP: f32 = 1.0 - 1.0 / 16384.0;
-/// Prior weight at each knot, in pseudo-events at the null rate.
+/// Prior weight at each knot, in pseudo-events at the null rate ([`Shape::Null`]).
 const PRIOR_EVENTS: f64 = 1.0;
+/// [`Shape::Learned`]: prior weight of the rate at the first knot, in pseudo-samples at
+/// the null rate, and of each step up the tail (the chance that an event past one knot
+/// also passes the next), in pseudo-events at the null's `e^-KNOT_STEP`.
+const PRIOR_SAMPLES: f64 = 100.0;
+const PRIOR_STEP_EVENTS: f64 = 4.0;
+
+/// How the tail's shape is shrunk towards the null.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Shape {
+    /// One pseudo-event at the null rate at every knot: the higher knots stay at the null
+    /// until about `1 / p_null` samples have been seen. For statistics with few
+    /// independent events (a CUSUM's excursion peaks), where a handful must not reshape
+    /// the tail.
+    Null,
+    /// The rate at the first knot, then the conditional chance of each step up, each
+    /// shrunk with a few pseudo-events: the shape is learned from the events past the
+    /// knot below, so a heavy-tailed statistic with an event every sample (the one-step
+    /// residual of Laplace or spiky-but-normal noise) is recognised after a few dozen tail
+    /// events instead of tens of thousands of samples.
+    Learned,
+}
 /// Bounds on the log-slope of the extrapolated tail: never lighter than 1.5× the null
 /// (so a calm series does not become hair-trigger), never flatter than 0.15 (so a huge
 /// surprise still alerts however spiky the series).
@@ -118,7 +139,10 @@ impl Tail {
 
     /// Log-rates at the three knots and the slope past the top one; `prior_pu` is the null
     /// rate at the first knot (the null tail is `prior_pu · e^-(s-3)`).
-    fn knots(&self, prior_pu: f64) -> ([f64; 3], f64) {
+    fn knots(&self, prior_pu: f64, shape: Shape) -> ([f64; 3], f64) {
+        if shape == Shape::Learned {
+            return self.learned_knots(prior_pu);
+        }
         let mut ln_rate = [0.0; 3];
         for (k, slot) in ln_rate.iter_mut().enumerate() {
             let p_null = prior_pu * (-(k as f64) * KNOT_STEP).exp();
@@ -132,9 +156,30 @@ impl Tail {
         (ln_rate, slope)
     }
 
+    /// [`Shape::Learned`] knots.
+    fn learned_knots(&self, prior_pu: f64) -> ([f64; 3], f64) {
+        let step_null = (-KNOT_STEP).exp();
+        let n_low = f64::from(self.n_low);
+        let a = self.above.map(f64::from);
+        let p0 = (a[0] + PRIOR_SAMPLES * prior_pu) / (n_low + PRIOR_SAMPLES);
+        let c1 = (a[1] + PRIOR_STEP_EVENTS * step_null) / (a[0] + PRIOR_STEP_EVENTS);
+        // The top knot remembers longer: compare it with the knot below over its window.
+        let window = if n_low > 0.0 {
+            f64::from(self.n_top) / n_low
+        } else {
+            1.0
+        };
+        let c2 = (a[2] + PRIOR_STEP_EVENTS * step_null) / (a[1] * window + PRIOR_STEP_EVENTS);
+        let ln0 = p0.min(1.0).ln();
+        let ln1 = ln0 + c1.min(1.0).ln();
+        let ln2 = ln1 + c2.min(1.0).ln();
+        let slope = (c2.min(1.0).ln() / KNOT_STEP).clamp(SLOPE_MIN, SLOPE_MAX);
+        ([ln0, ln1, ln2], slope)
+    }
+
     /// `P(S > s)` per sample; meaningful for `s >= TAIL_U`.
-    pub(crate) fn tail_prob(&self, s: f64, prior_pu: f64) -> f64 {
-        let (ln_rate, slope) = self.knots(prior_pu);
+    pub(crate) fn tail_prob(&self, s: f64, prior_pu: f64, shape: Shape) -> f64 {
+        let (ln_rate, slope) = self.knots(prior_pu, shape);
         let ln_p = if s >= TAIL_U + 2.0 * KNOT_STEP {
             ln_rate[2] + slope * (s - TAIL_U - 2.0 * KNOT_STEP)
         } else {
@@ -148,8 +193,8 @@ impl Tail {
     }
 
     /// The surprise whose tail probability is `p` (the inverse of [`Tail::tail_prob`]).
-    pub(crate) fn quantile(&self, p: f64, prior_pu: f64) -> f64 {
-        let (ln_rate, slope) = self.knots(prior_pu);
+    pub(crate) fn quantile(&self, p: f64, prior_pu: f64, shape: Shape) -> f64 {
+        let (ln_rate, slope) = self.knots(prior_pu, shape);
         let ln_p = p.max(1e-300).ln();
         if ln_p >= ln_rate[0] {
             return TAIL_U;
@@ -195,7 +240,7 @@ mod tests {
     #[test]
     fn tail_starts_at_the_null_and_learns_a_heavier_tail() {
         let mut t = Tail::default();
-        let prior = t.tail_prob(10.0, 0.05);
+        let prior = t.tail_prob(10.0, 0.05, Shape::Null);
         assert!(
             (prior - 0.05 * (-7.0f64).exp()).abs() / prior < 1e-6,
             "{prior}"
@@ -218,16 +263,16 @@ mod tests {
             t.count(1.0);
             t.event(s, 1.0);
         }
-        let learned = t.tail_prob(10.0, 0.05);
+        let learned = t.tail_prob(10.0, 0.05, Shape::Null);
         let truth = 0.1 * (-7.0f64 / 3.0).exp();
         assert!(
             learned / truth > 0.5 && learned / truth < 2.0,
             "{learned} vs {truth}"
         );
-        let q = t.quantile(learned, 0.05);
+        let q = t.quantile(learned, 0.05, Shape::Null);
         assert!((q - 10.0).abs() < 1e-6, "{q}");
         for s in [3.5, 5.0, 7.0, 9.5, 14.0] {
-            let back = t.quantile(t.tail_prob(s, 0.05), 0.05);
+            let back = t.quantile(t.tail_prob(s, 0.05, Shape::Null), 0.05, Shape::Null);
             assert!((back - s).abs() < 1e-6, "{s} -> {back}");
         }
     }
@@ -253,11 +298,54 @@ mod tests {
                 dirty.event(14.0, 1.0);
             }
         }
-        let (a, b) = (clean.quantile(1e-5, 0.05), dirty.quantile(1e-5, 0.05));
+        let (a, b) = (
+            clean.quantile(1e-5, 0.05, Shape::Null),
+            dirty.quantile(1e-5, 0.05, Shape::Null),
+        );
         assert!((a - 11.5).abs() < 1.5, "clean threshold {a}");
         assert!(
             (b - a).abs() < 1.5,
             "one outlier moved the threshold from {a} to {b}"
+        );
+    }
+
+    #[test]
+    fn learned_shape_recognises_a_heavy_tail_within_a_thousand_samples() {
+        // One sample in ten is a surprise of 3 + Exp(mean 3), as above: after 1000
+        // samples the learned shape is within a factor 3 of the truth at s = 10, the null
+        // shape still orders of magnitude below it; on the null both agree.
+        let mut x = 3u64;
+        let mut uniform = || {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((x >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+        };
+        let (mut heavy, mut calm) = (Tail::default(), Tail::default());
+        for _ in 0..1000 {
+            let u = uniform();
+            let s = if u < 0.1 {
+                TAIL_U - 3.0 * (u / 0.1).ln()
+            } else {
+                u
+            };
+            heavy.count(1.0);
+            heavy.event(s, 1.0);
+            calm.count(1.0);
+            calm.event(-uniform().ln(), 1.0);
+        }
+        let truth = 0.1 * (-7.0f64 / 3.0).exp();
+        let learned = heavy.tail_prob(10.0, 0.05, Shape::Learned);
+        assert!(
+            learned / truth > 1.0 / 3.0 && learned / truth < 3.0,
+            "{learned} vs {truth}"
+        );
+        assert!(heavy.tail_prob(10.0, 0.05, Shape::Null) < truth / 10.0);
+        let null = 0.05 * (-7.0f64).exp();
+        let calm_p = calm.tail_prob(10.0, 0.05, Shape::Learned);
+        assert!(
+            calm_p / null > 0.2 && calm_p / null < 5.0,
+            "{calm_p} vs {null}"
         );
     }
 }
