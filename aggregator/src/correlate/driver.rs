@@ -61,6 +61,11 @@ pub struct DriverConfig {
     /// anomaly joined it: its series keep arriving, and a young incident's first
     /// ranking is made from a few seconds of data.
     pub rca_refresh_ms: i64,
+    /// The RCA's anomalous period starts this long before the incident's first anomaly
+    /// (the root turns a little before the detectors fire); the data before is the
+    /// baseline. Change-point onset detection is not used online: over a young
+    /// incident's few minutes of data, start-up transients would win it.
+    pub rca_onset_lead_ms: i64,
 }
 
 impl Default for DriverConfig {
@@ -78,6 +83,7 @@ impl Default for DriverConfig {
             max_rca_series: 1_500,
             max_rca_per_tick: 4,
             rca_refresh_ms: 5_000,
+            rca_onset_lead_ms: 10_000,
         }
     }
 }
@@ -352,8 +358,10 @@ impl Driver {
             };
             let start = (inc.first_anomaly_ms - self.cfg.rca_lookback_ms)
                 .max(end - self.cfg.max_rca_window_ms);
-            let input =
+            let mut input =
                 build_rca_input(ctx, &inc, &graph, start, end, self.cfg.max_rca_series).await?;
+            let onset = (inc.first_anomaly_ms - self.cfg.rca_onset_lead_ms).max(start);
+            input.window = Some((onset, end));
             let counts = RcaInputCounts {
                 series: input.series.len(),
                 events: input.events.len(),
@@ -934,7 +942,9 @@ pub async fn build_rca_input(
             }
         }
     }
-    let first_bucket = start.div_euclid(step) * step;
+    // Zero-filled from each series' first bucket with a row (not from the window's start,
+    // when the component may not have existed yet: a run of made-up zeros before it
+    // would make its everyday resets look like an incident).
     for comp in &tcp_components {
         for name in [
             "tcp_retransmits",
@@ -945,7 +955,9 @@ pub async fn build_rca_input(
             let Some(s) = series.get_mut(&(comp.clone(), name.to_string())) else {
                 continue;
             };
-            let mut t = first_bucket;
+            let Some(mut t) = s.keys().next().copied() else {
+                continue;
+            };
             while t <= end {
                 s.entry(t).or_insert(0.0);
                 t += step;
