@@ -45,8 +45,7 @@ const VAR_CLIP: f64 = 9.0;
 /// its largest value used (a random walk's would be 1 and whiten every change away).
 const AC_ALPHA: f64 = 0.002;
 const AC_MAX: f64 = 0.95;
-/// Samples after a level re-base in which another change point belongs to the same change.
-const REFRACTORY: u16 = 32;
+const AC_PRIOR: f64 = 200.0;
 /// Seasonal profile learning rate per period (each bin forgets in about 3 periods).
 const SEASON_GAMMA: f64 = 0.3;
 /// Mean absolute deviation to standard deviation for a normal distribution.
@@ -237,8 +236,6 @@ pub struct SeriesDetector {
     /// Previous standardised drift residual, and the exponentially weighted lag-1
     /// products and squares that give its autocorrelation `phi`.
     prev_zs: f32,
-    /// Samples since the last level re-base.
-    since_rebase: u16,
     ac_xy: f32,
     ac_xx: f32,
     /// Trend when the current CUSUM excursion began, restored by a quick re-base (a step
@@ -304,7 +301,6 @@ impl SeriesDetector {
             last_x: 0.0,
             prev_ef: 0.0,
             prev_zs: 0.0,
-            since_rebase: u16::MAX,
             ac_xy: 0.0,
             ac_xx: 1.0,
             trend_before: 0.0,
@@ -444,13 +440,7 @@ impl SeriesDetector {
         let expected = self.lf + self.trend + season;
         let half = f64::from(self.band_z) * sig_f;
         let (lower, upper) = (expected - half, expected + half);
-        // A change point re-confirmed within `REFRACTORY` samples of the last re-base is
-        // the same change still settling (a ramp going on or ending, a level being
-        // re-estimated): it keeps an open episode open but does not open another one.
-        let settling = which == CHANGE && self.since_rebase < REFRACTORY && !self.episode.open;
-        let episode_score = if settling { 0.0 } else { score };
-        let opened = warm && self.episode.step(cfg, ts_ms, episode_score);
-        self.since_rebase = self.since_rebase.saturating_add(1);
+        let opened = warm && self.episode.step(cfg, ts_ms, score);
         let anomaly = opened.then(|| {
             let run = match which {
                 CHANGE => self.run_len,
@@ -505,9 +495,13 @@ impl SeriesDetector {
         }
     }
 
-    /// Lag-1 autocorrelation of the standardised drift residual, in `[0, AC_MAX]`.
+    /// Lag-1 autocorrelation of the standardised drift residual, in `[0, AC_MAX]`, shrunk
+    /// towards 0 while few samples back it (`AC_PRIOR` pseudo-samples): a young series'
+    /// estimate is noisy, and an overestimate would hide a real drift.
     fn phi(&self) -> f64 {
         let r = f64::from(self.ac_xy) / f64::from(self.ac_xx).max(1e-9);
+        let n = f64::from(self.n);
+        let r = r * n / (n + AC_PRIOR);
         if r.is_finite() {
             r.clamp(0.0, AC_MAX)
         } else {
@@ -742,7 +736,6 @@ impl SeriesDetector {
         self.cusum_pos = 0.0;
         self.cusum_neg = 0.0;
         self.run_len = 0;
-        self.since_rebase = 0;
     }
 
     /// A confirmed variance change: the scales jump to the recent noise level.
