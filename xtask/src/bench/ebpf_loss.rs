@@ -162,7 +162,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let server = Server::start(listener, 2)?;
     let me = std::process::id();
     println!(
-        "xtask: bench: storm for {} s: {} execs/s of /bin/true ({} threads), {} loopback \
+        "xtask: bench: storm for {} s: {} execs/s of `true` ({} threads), {} loopback \
          connections/s to port {server_port} ({} threads)",
         args.secs, args.execs_per_sec, args.exec_threads, args.conns_per_sec, args.conn_threads
     );
