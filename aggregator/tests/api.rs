@@ -244,34 +244,28 @@ async fn world() -> World {
 
 /// One GET over HTTP/1.1: status and JSON body (Null when the body is not JSON).
 async fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
+    exchange(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+}
+
+async fn post_sql(addr: SocketAddr, sql: &str) -> (u16, Value) {
+    let body = json!({ "sql": sql }).to_string();
+    request(addr, "POST", "/api/v1/sql", "application/json", &body).await
+}
+
+/// Sends one whole HTTP/1.1 request and reads the answer to the end: status and JSON body
+/// (Null when the body is not JSON).
+async fn exchange(addr: SocketAddr, req: String) -> (u16, Value) {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf))
         .await
         .unwrap()
         .unwrap();
-    let text = String::from_utf8_lossy(&buf);
-    let status: u16 = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
-}
-
-async fn post_sql(addr: SocketAddr, sql: &str) -> (u16, Value) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let body = json!({ "sql": sql }).to_string();
-    let req = format!(
-        "POST /api/v1/sql HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.unwrap();
     let text = String::from_utf8_lossy(&buf);
     let status: u16 = text
         .split(' ')
@@ -607,25 +601,11 @@ async fn request(
     ctype: &str,
     body: &str,
 ) -> (u16, Value) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&buf);
-    let status: u16 = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    exchange(addr, req).await
 }
 
 /// Every /api/v1 endpoint answers bad input with a 4xx and `{"error": "<message>"}`:

@@ -118,21 +118,7 @@ fn print_connection_form() {
             let conn_bytes: usize = conn.iter().map(Vec::len).sum();
             let first = conn[0].len();
             let later_samples = samples - list[0].n_samples();
-            let rw: usize = list
-                .iter()
-                .map(|b| remote_write::encode(NODE, b).len())
-                .sum();
-            let rw_prom: usize = list
-                .iter()
-                .flat_map(|b| {
-                    remote_write::encode_as_queue_manager(
-                        NODE,
-                        b,
-                        remote_write::MAX_SAMPLES_PER_SEND,
-                    )
-                })
-                .map(|r| r.len())
-                .sum();
+            let (rw, rw_prom) = remote_write_bytes(&list);
             let per = |bytes: usize| bytes as f64 / samples as f64;
             let ratio = rw as f64 / conn_bytes as f64;
             let verdict = if per(conn_bytes) <= TARGET_BYTES_PER_SAMPLE
@@ -266,21 +252,7 @@ fn print_remote_write() {
             let list = batches(cfg.clone(), batch_secs);
             let samples: usize = list.iter().map(Batch::n_samples).sum();
             let ours: usize = list.iter().map(|b| codec::encode_batch(b).len()).sum();
-            let rw: usize = list
-                .iter()
-                .map(|b| remote_write::encode(NODE, b).len())
-                .sum();
-            let rw_prom: usize = list
-                .iter()
-                .flat_map(|b| {
-                    remote_write::encode_as_queue_manager(
-                        NODE,
-                        b,
-                        remote_write::MAX_SAMPLES_PER_SEND,
-                    )
-                })
-                .map(|r| r.len())
-                .sum();
+            let (rw, rw_prom) = remote_write_bytes(&list);
             let rw_raw: usize = list
                 .iter()
                 .map(|b| remote_write::encode_write_request(NODE, b).len())
@@ -470,6 +442,24 @@ fn bench_codec(c: &mut Criterion) {
         }
     }
     group.finish();
+}
+
+/// Remote-write bytes of `list`: one `WriteRequest` per batch (the favourable reading), and
+/// what Prometheus's queue manager really sends (requests of at most
+/// `MAX_SAMPLES_PER_SEND` samples).
+fn remote_write_bytes(list: &[Batch]) -> (usize, usize) {
+    let one_per_batch = list
+        .iter()
+        .map(|b| remote_write::encode(NODE, b).len())
+        .sum();
+    let as_prometheus = list
+        .iter()
+        .flat_map(|b| {
+            remote_write::encode_as_queue_manager(NODE, b, remote_write::MAX_SAMPLES_PER_SEND)
+        })
+        .map(|r| r.len())
+        .sum();
+    (one_per_batch, as_prometheus)
 }
 
 criterion_group!(benches, bench_codec);

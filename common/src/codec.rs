@@ -725,7 +725,7 @@ impl BitReader<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::Severity;
     use proptest::prelude::*;
@@ -740,7 +740,8 @@ mod tests {
         }
     }
 
-    fn same_bits(a: &Batch, b: &Batch) -> bool {
+    /// Same series, keys, timestamps, value bits and events.
+    pub(crate) fn same_bits(a: &Batch, b: &Batch) -> bool {
         a.events == b.events
             && a.series.len() == b.series.len()
             && a.series.iter().zip(&b.series).all(|(x, y)| {

@@ -444,6 +444,7 @@ impl ReceiverDict {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::tests::same_bits;
     use crate::model::{Point, SeriesPoints};
     use proptest::prelude::*;
 
@@ -725,18 +726,6 @@ mod tests {
                 events: vec![],
             }
         })
-    }
-
-    fn same_bits(a: &Batch, b: &Batch) -> bool {
-        a.series.len() == b.series.len()
-            && a.series.iter().zip(&b.series).all(|(x, y)| {
-                x.key == y.key
-                    && x.points.len() == y.points.len()
-                    && x.points
-                        .iter()
-                        .zip(&y.points)
-                        .all(|(p, q)| p.ts_ms == q.ts_ms && p.value.to_bits() == q.value.to_bits())
-            })
     }
 
     proptest! {

@@ -400,14 +400,18 @@ fn load_or_create_session(dir: &Path) -> Result<u64, SpoolError> {
 /// and read as 0: the seqs on disk are then the only floor, as before reservations.
 fn load_seq_reserved(dir: &Path) -> u64 {
     let path = dir.join("seq_reserved");
-    match fs::read_to_string(&path) {
-        Ok(text) => text.trim().parse().unwrap_or_else(|_| {
-            tracing::error!(file = %path.display(), "spool: seq reservation unreadable; continuing after the highest seq on disk");
-            0
-        }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
-        Err(e) => {
-            tracing::error!(file = %path.display(), error = %e, "spool: seq reservation unreadable; continuing after the highest seq on disk");
+    let text = match fs::read_to_string(&path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return 0,
+        other => other.map_err(|e| e.to_string()),
+    };
+    match text.and_then(|t| {
+        t.trim()
+            .parse()
+            .map_err(|e: std::num::ParseIntError| e.to_string())
+    }) {
+        Ok(reserved) => reserved,
+        Err(why) => {
+            tracing::error!(file = %path.display(), error = %why, "spool: seq reservation unreadable; continuing after the highest seq on disk");
             0
         }
     }
