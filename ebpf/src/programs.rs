@@ -1,6 +1,6 @@
 //! The programs. All are raw tracepoints (`BPF_PROG_TYPE_RAW_TRACEPOINT`): no tracefs, no
 //! kprobes, and nothing for the loader to resolve in the kernel's BTF at attach time
-//! (`tp_btf` would make it parse the whole of vmlinux BTF again, tens of MiB of peak RSS).
+//! (`tp_btf` needs a parsed vmlinux BTF for every load: tens of MiB of peak RSS).
 //!
 //! Kernel structs are read with `bpf_probe_read_kernel` at offsets the loader found in the
 //! running kernel's BTF and wrote into [`OFFSETS`] (read-only data, so the verifier sees

@@ -321,8 +321,9 @@ pub fn load() -> Result<Loaded, LoadError> {
     }
     // Offsets: a program whose members are missing is not loaded (its reason is kept).
     // The programs are raw tracepoints and read kernel structs through these offsets, so
-    // aya never needs the kernel's BTF: parsing it again in aya (several MB of types held
-    // while loading) was most of the agent's peak memory.
+    // attaching them needs no BTF of our own: `tp_btf` needed an `aya::Btf` of the kernel
+    // passed to every load, a second parsed copy beside the one `EbpfLoader::new()` always
+    // makes (aya 0.14), and the two were most of the agent's peak memory.
     let mut offsets = KernelOffsets::default();
     let mut skip: Vec<(&'static str, String)> = Vec::new();
     {
