@@ -29,7 +29,10 @@ use super::component::{self, component, component_of_series};
 use super::graph::{self, ConnObservation, GraphLimits, ServiceGraph, Side};
 use super::hub::{Hub, RcaCandidate, RcaInputCounts, RcaResult, StreamMessage, incident_summary};
 use super::incidents::{Anomaly, Incident, Status};
-use super::rca_bridge::{CallEdge, EvidenceEvent, RcaInput, SeriesData, run_rca};
+use super::rca_bridge::{
+    CallEdge, EvidenceEvent, OnsetRule, RcaInput, SeriesData, incident_onset, run_rca,
+    shared_anomalies,
+};
 use crate::store::Store;
 
 /// Driver settings.
@@ -61,10 +64,13 @@ pub struct DriverConfig {
     /// anomaly joined it: its series keep arriving, and a young incident's first
     /// ranking is made from a few seconds of data.
     pub rca_refresh_ms: i64,
-    /// The RCA's anomalous period starts this long before the incident's first anomaly
-    /// (the root turns a little before the detectors fire); the data before is the
-    /// baseline. Change-point onset detection is not used online: over a young
-    /// incident's few minutes of data, start-up transients would win it.
+    /// The RCA's anomalous period starts this long before the incident's onset (the
+    /// root turns a little before the detectors fire); the data before is the
+    /// baseline. The onset is the first major burst of the incident's anomalies that
+    /// are not shared by every node ([`super::rca_bridge::incident_onset`]), not its
+    /// first anomaly, which on a busy machine is often noise from before the fault.
+    /// Change-point onset detection is not used online: over a young incident's few
+    /// minutes of data, start-up transients would win it.
     pub rca_onset_lead_ms: i64,
 }
 
@@ -83,7 +89,7 @@ impl Default for DriverConfig {
             max_rca_series: 1_500,
             max_rca_per_tick: 4,
             rca_refresh_ms: 5_000,
-            rca_onset_lead_ms: 10_000,
+            rca_onset_lead_ms: 5_000,
         }
     }
 }
@@ -358,9 +364,11 @@ impl Driver {
             };
             let start = (inc.first_anomaly_ms - self.cfg.rca_lookback_ms)
                 .max(end - self.cfg.max_rca_window_ms);
-            let mut input =
+            let (mut input, incident_onset) =
                 build_rca_input(ctx, &inc, &graph, start, end, self.cfg.max_rca_series).await?;
-            let onset = (inc.first_anomaly_ms - self.cfg.rca_onset_lead_ms).max(start);
+            let onset = (incident_onset.unwrap_or(inc.first_anomaly_ms)
+                - self.cfg.rca_onset_lead_ms)
+                .clamp(start, end);
             input.window = Some((onset, end));
             let counts = RcaInputCounts {
                 series: input.series.len(),
@@ -755,7 +763,10 @@ fn step_for(start: i64, end: i64) -> i64 {
     (((end - start) / 240).max(1_000) / 1000) * 1000
 }
 
-/// Builds the RCA input of one incident over `[start, end]` on its nodes.
+/// Builds the RCA input of one incident over `[start, end]` on its nodes and the nodes
+/// of its components' call-graph neighbours (symptoms travel along the graph, so the
+/// cause may sit one hop away on a node where nothing was flagged yet). Also returns
+/// the incident's onset ([`incident_onset`]), `None` without anomalies.
 pub async fn build_rca_input(
     ctx: &SessionContext,
     inc: &Incident,
@@ -763,9 +774,22 @@ pub async fn build_rca_input(
     start: i64,
     end: i64,
     max_series: usize,
-) -> Result<RcaInput, DriverError> {
+) -> Result<(RcaInput, Option<i64>), DriverError> {
     let step = step_for(start, end);
-    let nodes: Vec<String> = inc.nodes.iter().map(|n| sql_str(n)).collect();
+    let mut node_set: BTreeSet<&str> = inc.nodes.iter().map(String::as_str).collect();
+    for (a, b) in graph.pairs() {
+        let other = if inc.components.contains(a) {
+            b
+        } else if inc.components.contains(b) {
+            a
+        } else {
+            continue;
+        };
+        if let Some(n) = component::node_of(other).filter(|n| !n.is_empty()) {
+            node_set.insert(n);
+        }
+    }
+    let nodes: Vec<String> = node_set.iter().map(|n| sql_str(n)).collect();
     let node_list = if nodes.is_empty() {
         "''".to_string()
     } else {
@@ -790,9 +814,31 @@ pub async fn build_rca_input(
     );
     // (component, metric) -> bucket -> (value, is_max)
     let mut series: BTreeMap<(String, String), BTreeMap<i64, f64>> = BTreeMap::new();
+    let batches = collect(ctx, &sql).await?;
+    // A cgroup that holds the processes of exactly one component (a systemd service,
+    // the harness's `ado-scenario/<node>/<service>`) is that component: its cgroup
+    // series and anomalies count for it, not for the host.
+    let mut cgroups = CgroupOwners::default();
+    for b in &batches {
+        let c = Columns(b);
+        let (node, entity, labels) = (
+            c.strings("node")?,
+            c.strings("entity")?,
+            c.strings("labels")?,
+        );
+        for i in 0..b.num_rows() {
+            if let (Some(node), Some(entity), Some(labels)) = (
+                node[i].as_deref(),
+                entity[i].as_deref(),
+                labels[i].as_deref(),
+            ) {
+                cgroups.observe(node, entity, labels);
+            }
+        }
+    }
     // (component, metric, bucket) per entity first: sum over processes, max for the rest.
-    for b in collect(ctx, &sql).await? {
-        let c = Columns(&b);
+    for b in &batches {
+        let c = Columns(b);
         let (node, entity, labels, metric, bucket, v) = (
             c.strings("node")?,
             c.strings("entity")?,
@@ -817,9 +863,9 @@ pub async fn build_rca_input(
             let Some((_, name, use_max)) = RCA_METRICS.iter().find(|(m, _, _)| *m == metric) else {
                 continue;
             };
-            let comp = component_of_series(node, entity, labels[i].as_deref().unwrap_or(""));
+            let comp = cgroups.component(node, entity, labels[i].as_deref().unwrap_or(""));
             if entity.starts_with("cgroup/")
-                && !matches!(component::kind_of(&comp), "pod" | "container")
+                && !matches!(component::kind_of(&comp), "pod" | "container" | "process")
             {
                 continue;
             }
@@ -1033,7 +1079,61 @@ pub async fn build_rca_input(
             }
         }
     }
-    for a in &inc.anomalies {
+    // Anomalies shared by several nodes at once (judged over every node's anomalies in
+    // the window, not only the incident's) are the machine's, not a candidate's: they
+    // neither set the onset nor count as evidence.
+    let sql = format!(
+        "SELECT ts, node, entity, metric, labels FROM anomalies \
+         WHERE ts >= to_timestamp_millis({start}) AND ts <= to_timestamp_millis({end}) \
+         ORDER BY ts LIMIT 50000"
+    );
+    let mut all: Vec<Anomaly> = Vec::new();
+    for b in collect(ctx, &sql).await? {
+        let c = Columns(&b);
+        let (ts, node, entity, metric, labels) = (
+            c.ints("ts")?,
+            c.strings("node")?,
+            c.strings("entity")?,
+            c.strings("metric")?,
+            c.strings("labels")?,
+        );
+        for i in 0..b.num_rows() {
+            let (Some(ts), Some(node), Some(entity)) = (ts[i], node[i].clone(), entity[i].clone())
+            else {
+                continue;
+            };
+            let labels = labels[i].clone().unwrap_or_default();
+            all.push(Anomaly {
+                ts_ms: ts,
+                component: component_of_series(&node, &entity, &labels),
+                node,
+                entity,
+                metric: metric[i].clone().unwrap_or_default(),
+                labels,
+                score: 1.0,
+                value: f64::NAN,
+                expected: f64::NAN,
+                detector: String::new(),
+                severity: String::new(),
+                explanation: String::new(),
+            });
+        }
+    }
+    let shared_keys: BTreeSet<AnomalyKeyRef> = shared_anomalies(&all)
+        .into_iter()
+        .filter_map(|i| all.get(i).map(key_ref))
+        .collect();
+    let own: Vec<Anomaly> = inc
+        .anomalies
+        .iter()
+        .filter(|a| !shared_keys.contains(&key_ref(a)))
+        .map(|a| Anomaly {
+            component: cgroups.component(&a.node, &a.entity, &a.labels),
+            ..a.clone()
+        })
+        .collect();
+    let onset = incident_onset(&own, &BTreeSet::new(), OnsetRule::default());
+    for a in &own {
         let m = a.metric.to_ascii_lowercase();
         let kind = if m.contains("error") || m.contains("log.") || a.detector.contains("burst") {
             "error_burst"
@@ -1108,12 +1208,75 @@ pub async fn build_rca_input(
             callee: b.to_string(),
         })
         .collect();
-    Ok(RcaInput {
-        series,
-        edges,
-        window: None,
-        events,
-    })
+    Ok((
+        RcaInput {
+            series,
+            edges,
+            window: None,
+            events,
+        },
+        onset,
+    ))
+}
+
+/// `(ts, node, entity, metric, labels)` of an anomaly.
+type AnomalyKeyRef = (i64, String, String, String, String);
+
+fn key_ref(a: &Anomaly) -> AnomalyKeyRef {
+    (
+        a.ts_ms,
+        a.node.clone(),
+        a.entity.clone(),
+        a.metric.clone(),
+        a.labels.clone(),
+    )
+}
+
+/// Which component owns each cgroup, learned from the processes' `cgroup=` labels.
+#[derive(Default)]
+struct CgroupOwners {
+    /// (node, cgroup path) -> the one component seen in it, `None` once two were.
+    owners: BTreeMap<(String, String), Option<String>>,
+}
+
+impl CgroupOwners {
+    fn observe(&mut self, node: &str, entity: &str, labels: &str) {
+        if !entity.starts_with("process/") {
+            return;
+        }
+        let Some(cg) = component::label(labels, "cgroup") else {
+            return;
+        };
+        let comp = component_of_series(node, entity, labels);
+        if component::kind_of(&comp) != "process" {
+            return;
+        }
+        self.owners
+            .entry((node.to_string(), cg.trim_start_matches('/').to_string()))
+            .and_modify(|o| {
+                if o.as_deref() != Some(comp.as_str()) {
+                    *o = None;
+                }
+            })
+            .or_insert(Some(comp));
+    }
+
+    /// The component of a series: a process-owned cgroup's owner, else the usual rule.
+    fn component(&self, node: &str, entity: &str, labels: &str) -> String {
+        let usual = component_of_series(node, entity, labels);
+        if component::kind_of(&usual) != "host" {
+            return usual;
+        }
+        entity
+            .strip_prefix("cgroup/")
+            .and_then(|p| {
+                self.owners
+                    .get(&(node.to_string(), p.trim_start_matches('/').to_string()))
+            })
+            .cloned()
+            .flatten()
+            .unwrap_or(usual)
+    }
 }
 
 #[cfg(test)]

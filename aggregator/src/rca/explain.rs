@@ -5,6 +5,7 @@
 
 use super::RcaInput;
 use super::classify::MetricClass;
+use super::host::Discount;
 use super::score::{Comp, Item};
 
 /// The paragraph for the candidate at `rank_pos` (0 = best), component `ci`.
@@ -77,6 +78,16 @@ pub fn paragraph(
                 c.kind
             ));
         }
+    }
+    match &c.discount {
+        Some(Discount::Contained { by }) => out.push_str(&format!(
+            " {} runs on this node and shows its own resources rising, which explains the node's anomalies.",
+            comps[*by].name
+        )),
+        Some(Discount::CommonMode { n_nodes }) => out.push_str(&format!(
+            " Its anomalies are the same on all {n_nodes} nodes that report them: something shared moved, not this node alone."
+        )),
+        None => {}
     }
     if graph_mode && !dependency {
         let others = comps

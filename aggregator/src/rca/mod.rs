@@ -22,6 +22,7 @@ mod classify;
 mod csv;
 mod explain;
 mod graph;
+mod host;
 mod onset;
 mod score;
 mod stats;
@@ -126,6 +127,17 @@ pub struct RcaConfig {
     pub max_candidates: usize,
     /// Evidence items per candidate.
     pub max_evidence: usize,
+    /// Components named `<host_prefix><node>` are whole nodes, and `<x>@<node>` runs on
+    /// one (`correlate::component`'s naming); `None` turns the node-level rules off.
+    pub host_prefix: Option<String>,
+    /// Multiplier on a node-level series anomalous on every node that reports it.
+    pub common_mode_factor: f64,
+    /// A process on a node with cause evidence at least this strong explains the node's
+    /// anomalies (multiplied by `explain_factor`).
+    pub containment_min: f64,
+    /// Scale floor, in the metric's own unit, for percentages (`*_pct`, `percent`): a
+    /// move of a fraction of a percentage point is not an anomaly whatever the baseline.
+    pub pct_floor: f64,
     /// Worker threads for the per-series pass; 0 = available parallelism (at most 8).
     /// The result does not depend on it.
     pub threads: usize,
@@ -155,6 +167,10 @@ impl Default for RcaConfig {
             root_weight: 0.15,
             max_candidates: 10,
             max_evidence: 5,
+            host_prefix: Some("host@".to_string()),
+            common_mode_factor: 0.3,
+            containment_min: 0.5,
+            pct_floor: 1.0,
             threads: 0,
         }
     }

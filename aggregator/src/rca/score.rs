@@ -15,7 +15,7 @@ use super::classify::{MetricClass, classify_event, classify_metric, event_weight
 use super::onset::{Scratch, change_point, cluster_onset};
 use super::stats::{quantiles, sliding_min_max};
 use super::{Candidate, Evidence, Ranking, RcaConfig, RcaInput};
-use super::{explain, graph};
+use super::{explain, graph, host};
 
 /// What one anomalous series says.
 #[derive(Clone, Debug)]
@@ -32,6 +32,8 @@ pub struct SeriesEval {
     pub cause: bool,
     /// Class weight times the saturating strength of `z`, in `[0, 1]`.
     pub weighted: f64,
+    /// Node-level and anomalous on every node ([`super::host`]): discounted.
+    pub shared: bool,
 }
 
 /// One piece of a component's evidence: a series or an event.
@@ -68,6 +70,13 @@ impl Item {
             Item::Event { class, .. } => *class,
         }
     }
+    /// Discounts this evidence (node-level evidence explained elsewhere).
+    pub fn scale(&mut self, factor: f64) {
+        match self {
+            Item::Series(e) => e.weighted *= factor,
+            Item::Event { weighted, .. } => *weighted *= factor,
+        }
+    }
 }
 
 /// A component and everything the engine concluded about it.
@@ -88,6 +97,8 @@ pub struct Comp {
     pub kind: &'static str,
     /// The kind (and the explanation's lead) comes from cause evidence.
     pub lead_cause: bool,
+    /// Node-level evidence discounted by [`super::host`], and why.
+    pub discount: Option<host::Discount>,
 }
 
 impl Comp {
@@ -227,6 +238,7 @@ pub fn rank(input: &RcaInput, cfg: &RcaConfig) -> Ranking {
             weighted: event_weight(&e.kind) * (1.0 - miss),
         });
     }
+    host::discount(&mut comps, input, cfg);
     for c in &mut comps {
         c.onset_ms = c
             .items
@@ -243,7 +255,15 @@ pub fn rank(input: &RcaInput, cfg: &RcaConfig) -> Ranking {
 
     let graph_mode = graph::analyse(&mut comps, &input.edges, slack);
 
-    let earliest = comps.iter().filter_map(|c| c.onset_ms).min();
+    // The lag is measured from the earliest component whose evidence stands on its own:
+    // a node's shared or contained anomalies (often build noise that came first) do not
+    // set the clock for everyone else.
+    let earliest = comps
+        .iter()
+        .filter(|c| c.discount.is_none())
+        .filter_map(|c| c.onset_ms)
+        .min()
+        .or_else(|| comps.iter().filter_map(|c| c.onset_ms).min());
     let n_anomalous = comps.iter().filter(|c| c.anomalous()).count();
     for c in comps.iter_mut().filter(|c| c.anomalous()) {
         let symptom = if c.explained_by.is_some() {
@@ -259,7 +279,8 @@ pub fn rank(input: &RcaInput, cfg: &RcaConfig) -> Ranking {
         // Two independent kinds of evidence corroborate; the second counts half.
         let strength = a + (1.0 - a) * 0.5 * b;
         let lag = match (c.onset_ms, earliest) {
-            (Some(o), Some(e)) => (o.saturating_sub(e)) as f64,
+            // Discounted components may come before `earliest`: no bonus for that.
+            (Some(o), Some(e)) => (o.saturating_sub(e)).max(0) as f64,
             _ => 0.0,
         };
         let tf = 1.0 - cfg.timing_weight * (1.0 - (-lag / cfg.timing_scale_ms.max(1.0)).exp());
@@ -361,7 +382,11 @@ fn evidence_list(c: &Comp, comps: &[Comp], input: &RcaInput, cfg: &RcaConfig) ->
             Item::Series(e) => {
                 let s = &input.series[e.series];
                 let verb = if e.up { "rose" } else { "fell" };
-                let role = if e.cause {
+                let role = if let Some(host::Discount::Contained { by }) = &c.discount {
+                    format!("node-level, explained by {} on this node", comps[*by].name)
+                } else if e.shared {
+                    "node-level, the same on every node".to_string()
+                } else if e.cause {
                     format!("{} pressure: own resource", e.class.kind())
                 } else if let Some(d) = c.explained_by {
                     format!("symptom, explained by callee {}", comps[d].name)
@@ -509,7 +534,12 @@ fn eval_from(
         // A baseline of constant zero (error counts): any sustained change is 1/rel_eps.
         level = anom.iter().fold(0.0f64, |m, x| m.max(x.abs()));
     }
-    let scale = (q75 - q25).max(cfg.rel_eps * level);
+    let floor = if is_percentage(metric) {
+        cfg.pct_floor
+    } else {
+        0.0
+    };
+    let scale = (q75 - q25).max(cfg.rel_eps * level).max(floor);
     if scale.is_nan() || scale <= 0.0 || !scale.is_finite() {
         return None;
     }
@@ -565,7 +595,16 @@ fn eval_from(
         class,
         cause,
         weighted: weight * z / (z + cfg.z_half.max(f64::MIN_POSITIVE)),
+        shared: false,
     })
+}
+
+/// `cpu_pct`, `mem.used_percent`, `psi_io_some_pct`: values in percentage points.
+fn is_percentage(metric: &str) -> bool {
+    metric
+        .to_ascii_lowercase()
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .any(|t| t == "pct" || t == "percent" || t == "percentage")
 }
 
 fn median_interval(evals: &[Option<(SeriesEval, i64)>]) -> i64 {
