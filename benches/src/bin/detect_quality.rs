@@ -110,6 +110,7 @@ struct Case {
     step_ms: i64,
     /// Index timestamps (1, 2, 3, ... seconds), like Yahoo's A1 set.
     index_ts: bool,
+    seed: u64,
     values: Vec<f64>,
     windows: Vec<Window>,
 }
@@ -311,6 +312,7 @@ fn generate(base: &Base, seed: u64) -> Case {
         base: base.name,
         step_ms: base.step_ms,
         index_ts: base.index_ts,
+        seed,
         values,
         windows,
     }
@@ -383,9 +385,22 @@ fn median(v: &[usize]) -> Option<f64> {
     })
 }
 
+/// `DETECT_TRACE=base:seed:from:to` prints the detector's state on those samples of one
+/// case, e.g. `daily_1m:1:3250:3270`.
+fn parse_trace(spec: &str) -> Option<(&str, u64, usize, usize)> {
+    let mut f = spec.split(':');
+    let base = f.next()?;
+    let seed = f.next()?.parse().ok()?;
+    let from = f.next()?.parse().ok()?;
+    let to = f.next()?.parse().ok()?;
+    Some((base, seed, from, to))
+}
+
 /// Runs the agent's detector over a case; scores it overall and per anomaly kind.
 fn evaluate(case: &Case, cfg: &DetectConfig) -> (Score, HashMap<Kind, Score>) {
     let mut det = SeriesDetector::new(cfg);
+    let trace_var = std::env::var("DETECT_TRACE").ok();
+    let trace = trace_var.as_deref().and_then(parse_trace);
     let mut opened_by: HashMap<usize, &'static str> = HashMap::new();
     let flags: Vec<bool> = case
         .values
@@ -398,6 +413,16 @@ fn evaluate(case: &Case, cfg: &DetectConfig) -> (Score, HashMap<Kind, Score>) {
                 T0 + i as i64 * case.step_ms
             };
             let obs = det.observe(cfg, ts, v);
+            if trace.is_some_and(|(base, seed, from, to)| {
+                base == case.base && seed == case.seed && (from..to).contains(&i)
+            }) {
+                println!(
+                    "{i} x {v:.3} expected {:.3} score {:.3} {}",
+                    obs.expected,
+                    obs.score,
+                    det.debug_state(ts)
+                );
+            }
             if let Some(a) = &obs.anomaly {
                 opened_by.insert(i, a.detector);
             }
@@ -434,6 +459,15 @@ fn evaluate(case: &Case, cfg: &DetectConfig) -> (Score, HashMap<Kind, Score>) {
             total.detected += 1;
             k.delays.push(j - w.start);
             total.delays.push(j - w.start);
+        } else if std::env::var_os("DETECT_QUALITY_FP").is_some() {
+            println!(
+                "MISS {} seed {} {} at {}..{}",
+                case.base,
+                case.seed,
+                w.kind.name(),
+                w.start,
+                w.end
+            );
         }
     }
     for &(s, e) in &episodes {
@@ -449,6 +483,17 @@ fn evaluate(case: &Case, cfg: &DetectConfig) -> (Score, HashMap<Kind, Score>) {
             None => {
                 total.false_episodes += 1;
                 let by = opened_by.get(&s).copied().unwrap_or("?");
+                if std::env::var_os("DETECT_QUALITY_FP").is_some() {
+                    // The nearest window before the episode: most false episodes are
+                    // after-effects of a real change.
+                    let prev = case.windows.iter().filter(|w| w.start <= s).last();
+                    let (kind, ago) =
+                        prev.map_or(("-", 0), |w| (w.kind.name(), s.saturating_sub(w.end)));
+                    println!(
+                        "FP {} seed {} at {s}..{e} by {by}; {ago} samples after {kind}",
+                        case.base, case.seed
+                    );
+                }
                 *total.false_by_detector.entry(by).or_default() += 1;
             }
         }
@@ -701,6 +746,10 @@ fn main() -> anyhow::Result<()> {
         );
     }
 
+    // Quick iterations on the detectors need only the quality figures.
+    if std::env::var_os("DETECT_QUALITY_ONLY").is_some() {
+        return Ok(());
+    }
     let c = cost(&cfg);
     println!();
     println!(

@@ -66,6 +66,11 @@ const FLAG_RATE_DECAY: f32 = 1.0 / 1024.0;
 /// trend follows the daily swing) and would take days to learn it. It is also the longest
 /// period behind a change-point gate (see `cp_gate`).
 const SEASON_GATE_MAX_PERIOD: i64 = 10_000;
+/// Largest lag of the slow reference behind an unmodelled daily swing, per unit of the
+/// swing's amplitude, that the change-point detector runs with (see `decide_season`).
+const SEASON_LAG_MAX: f64 = 0.05;
+/// Gate tests a daily profile needs before it is first applied.
+const GATE_MIN_ON: u16 = 64;
 /// Daily period, for the wall-clock seasonal profile.
 const DAY_MS: i64 = 86_400_000;
 /// Epoch milliseconds below this (1973-03-03) are taken as indexes, not wall-clock times.
@@ -495,6 +500,30 @@ impl SeriesDetector {
         }
     }
 
+    /// The internal state in one line, for tracing a series in the quality harness
+    /// (`DETECT_TRACE` in `benches/src/bin/detect_quality.rs`); not a stable format.
+    #[doc(hidden)]
+    pub fn debug_state(&self, ts_ms: i64) -> String {
+        format!(
+            "season {:.3} applied {} lf {:.3} ls {:.3} trend {:.4} trend_slow {:.4} lseason {:.3} \
+             abs_f {:.3} abs_s {:.3} cusum+ {:.2} cusum- {:.2} var {:.2} phi {:.2} open {}",
+            self.season_at(ts_ms),
+            self.season_applied,
+            self.lf,
+            self.ls,
+            self.trend,
+            self.trend_slow,
+            self.lseason,
+            self.abs_f,
+            self.abs_s,
+            self.cusum_pos,
+            self.cusum_neg,
+            self.var_cusum,
+            self.phi(),
+            self.episode.open
+        )
+    }
+
     /// Lag-1 autocorrelation of the standardised drift residual, in `[0, AC_MAX]`, shrunk
     /// towards 0 while few samples back it (`AC_PRIOR` pseudo-samples): a young series'
     /// estimate is noisy, and an overestimate would hide a real drift.
@@ -580,6 +609,9 @@ impl SeriesDetector {
         surprise: &[f64; N_DET],
         score: f64,
     ) {
+        // What this sample may teach the seasonal profile: an anomaly taught to it would be
+        // replayed as one a period later.
+        let mut w_season = 1.0f32;
         if warm {
             let flagged = score >= cfg.open_threshold;
             self.flag_rate += FLAG_RATE_DECAY * (f32::from(u8::from(flagged)) - self.flag_rate);
@@ -587,6 +619,9 @@ impl SeriesDetector {
                 .powi(2)
                 .clamp(MIN_ANOMALOUS_WEIGHT, 1.0);
             let w = if flagged { w_anomalous } else { 1.0 };
+            if flagged || self.episode.open {
+                w_season = w_anomalous;
+            }
             for tail in &mut self.tails {
                 tail.count(1.0);
             }
@@ -647,7 +682,7 @@ impl SeriesDetector {
         }
         self.prev_zs = zs as f32;
         if self.season == SEASON_ON {
-            self.learn_season(x, d);
+            self.learn_season(x, d, f64::from(w_season));
         }
         if (self.lf - self.anchor).abs() > 1e5 * sig_f {
             self.reanchor();
@@ -782,7 +817,7 @@ impl SeriesDetector {
         (1.0 - w) * f64::from(self.bins[i0]) + w * f64::from(self.bins[i1])
     }
 
-    fn learn_season(&mut self, x: f64, d: f64) {
+    fn learn_season(&mut self, x: f64, d: f64, w_learn: f64) {
         let per_period = self.period_ms as f64 / self.interval_ms.max(1) as f64;
         // Running means while young (every sample of the first period counts fully), then
         // exponential forgetting.
@@ -811,7 +846,7 @@ impl SeriesDetector {
         // level shifts and slow trends cancel, the daily swing does not. Tested once the
         // lag reaches back into the second period only (the first pass was still learning
         // the profile that its values were deseasonalised with).
-        let lag = (per_period / 4.0).clamp(1.0, RING as f64) as usize;
+        let lag = gate_lag(per_period);
         if self.season_gated && age >= per_period + lag as f64 {
             let past_ts = self
                 .last_ts
@@ -828,9 +863,9 @@ impl SeriesDetector {
             let dx = x - past_x;
             self.gate(per_period, dx - (current - past_profile), dx, current);
         }
-        // The first two periods learn the shape unclipped: the clip is for anomalies in an
-        // already known profile, not for the profile itself.
-        let err = if self.abs_season > 0.0 && gamma < 0.5 {
+        // The first period learns the shape unclipped: the clip is for anomalies in an
+        // already sketched profile, not for the profile itself.
+        let err = if self.abs_season > 0.0 && age >= per_period {
             let bound = SCALE_CLIP * MEAN_ABS_TO_SIGMA * self.abs_season;
             raw.clamp(-bound, bound)
         } else {
@@ -853,7 +888,7 @@ impl SeriesDetector {
             let target = x - self.lseason;
             self.bins[k] += ((target - f64::from(self.bins[k])) / (seen + 1.0)) as f32;
         } else {
-            let g = gamma / (per_bin * 2.0 / 3.0).max(1.0);
+            let g = w_learn * gamma / (per_bin * 2.0 / 3.0).max(1.0);
             self.bins[i0] += (g * (1.0 - w) * err) as f32;
             self.bins[i1] += (g * w * err) as f32;
         }
@@ -884,12 +919,14 @@ impl SeriesDetector {
         self.gate_without +=
             (w * ((without * without).min(1e30) - f64::from(self.gate_without))) as f32;
         let ratio = f64::from(self.gate_with) / f64::from(self.gate_without).max(1e-300);
-        let turn_on = !self.season_applied && self.gate_n >= 64 && ratio < 0.8;
+        let turn_on = !self.season_applied && self.gate_n >= GATE_MIN_ON && ratio < 0.8;
         let turn_off = self.season_applied && self.gate_n >= 256 && ratio > 1.05;
         if turn_on {
+            // The levels followed the raw series, the slow one well behind the swing: take
+            // the profile's own level, the one it was learned against.
             self.season_applied = true;
-            self.lf -= current;
-            self.ls -= current;
+            self.lf = self.lseason;
+            self.ls = self.lseason;
             self.trend = self.trend_season;
             self.trend_slow = self.trend_season;
         } else if turn_off {
@@ -966,15 +1003,34 @@ impl SeriesDetector {
         self.season = SEASON_ON;
         self.season_start = self.n;
         self.season_gated = is_daily;
-        self.season_applied = true;
         self.lseason = self.ls;
         self.abs_season = self.abs_s;
         if period as usize * 2 <= RING {
+            self.season_applied = true;
             self.seed_season(&ordered, period as usize);
+        } else if is_daily {
+            // An assumed daily profile is not applied before it has shown it predicts (the
+            // gate, from its second day on): the series is modelled as it is meanwhile,
+            // with the warm-up's trend. While it is learned, an applied profile would be a
+            // lagged copy of the series itself and hide spikes and shifts in it.
+            self.season_applied = false;
+            // Until then a real daily swing is unmodelled. The slow reference (a critically
+            // damped Holt) lags a curve of amplitude A and period P by about
+            // A (2π/P)² / BETA_SLOW: at P = 1440 (1-minute steps) a swing of 20 noise
+            // scales is 4 scales of drift and would fire the change-point detector all
+            // day, at P = 8640 (10 s) 0.1 scales, harmless. Where the lag is large, the
+            // change-point detector waits until the gate can first apply the profile.
+            let lag_per_amplitude = (std::f64::consts::TAU / period as f64).powi(2) / BETA_SLOW;
+            if lag_per_amplitude > SEASON_LAG_MAX {
+                let first_gate =
+                    period as f64 + gate_lag(period as f64) as f64 + GATE_MIN_ON as f64;
+                self.cp_gate = self.n.saturating_add(first_gate as u32);
+            }
         } else {
-            // An assumed daily profile is not applied before it has shown it predicts:
-            // the series is modelled as it is meanwhile, with the warm-up's trend, and the
-            // change-point detector is not blinded for a day on an assumption.
+            // A configured long season is applied from the start; 64 samples of it say
+            // nothing about the trend, only the seasonal slope of the moment, and its
+            // first period's curvature would look like drift.
+            self.season_applied = true;
             self.trend = 0.0;
             self.trend_slow = 0.0;
             if period <= SEASON_GATE_MAX_PERIOD {
@@ -1039,6 +1095,11 @@ impl SeriesDetector {
             self.ring[idx] -= self.bins[(period * RING - age) % period];
         }
     }
+}
+
+/// Lag of the daily profile's gate test, in samples: a quarter period, at most the ring.
+fn gate_lag(per_period: f64) -> usize {
+    (per_period / 4.0).clamp(1.0, RING as f64) as usize
 }
 
 /// Least-squares line `a + b i` over `i = 0..len`.

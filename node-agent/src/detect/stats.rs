@@ -170,10 +170,17 @@ impl Tail {
             1.0
         };
         let c2 = (a[2] + PRIOR_STEP_EVENTS * step_null) / (a[1] * window + PRIOR_STEP_EVENTS);
+        // Each step up the tail is at least the null's: the statistics are standardised by
+        // a scale estimated from a few dozen recent samples, whose error only ever makes
+        // the tail heavier than the null's, so a lighter one is a handful of tail events
+        // that happened to stop short, and trusting it turns the next 3.5σ residual into
+        // a 4σ alarm.
+        let c1 = c1.clamp(step_null, 1.0);
+        let c2 = c2.clamp(step_null, 1.0);
         let ln0 = p0.min(1.0).ln();
-        let ln1 = ln0 + c1.min(1.0).ln();
-        let ln2 = ln1 + c2.min(1.0).ln();
-        let slope = (c2.min(1.0).ln() / KNOT_STEP).clamp(SLOPE_MIN, SLOPE_MAX);
+        let ln1 = ln0 + c1.ln();
+        let ln2 = ln1 + c2.ln();
+        let slope = (c2.ln() / KNOT_STEP).clamp(SLOPE_MIN, SLOPE_MAX);
         ([ln0, ln1, ln2], slope)
     }
 
