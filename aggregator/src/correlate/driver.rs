@@ -1135,7 +1135,12 @@ pub async fn build_rca_input(
     let onset = incident_onset(&own, &BTreeSet::new(), OnsetRule::default());
     for a in &own {
         let m = a.metric.to_ascii_lowercase();
-        let kind = if m.contains("error") || m.contains("log.") || a.detector.contains("burst") {
+        // Below what the detector expected: fewer log lines, less CPU, fewer writes (a
+        // service that gets fewer requests because something upstream of it failed).
+        let low = a.value.is_finite() && a.expected.is_finite() && a.value < a.expected;
+        let kind = if low {
+            "anomaly_low"
+        } else if m.contains("error") || a.detector.contains("burst") {
             "error_burst"
         } else {
             "anomaly"
@@ -1144,7 +1149,8 @@ pub async fn build_rca_input(
             component: a.component.clone(),
             ts_ms: a.ts_ms,
             kind: kind.to_string(),
-            detail: format!("{} {} {}: {}", a.node, a.entity, a.metric, a.explanation),
+            // The metric first: the engine classifies an anomaly by the first word.
+            detail: format!("{} on {} {}: {}", a.metric, a.node, a.entity, a.explanation),
             score: a.score,
         });
     }

@@ -134,8 +134,8 @@ pub fn inverted(name: &str) -> bool {
         .any(|s| lower.contains(s))
 }
 
-/// Maps an event kind (and, for `anomaly`, its detail, which usually names the
-/// metric) to a class and whether it is cause evidence (not explained by callees).
+/// Maps an event kind (and, for `anomaly` / `anomaly_low`, the first word of its
+/// detail, the metric) to a class and whether it is cause evidence (not explained by callees).
 pub fn classify_event(kind: &str, detail: &str) -> (MetricClass, bool) {
     let k = kind.to_ascii_lowercase();
     if k.contains("oom") {
@@ -150,13 +150,19 @@ pub fn classify_event(kind: &str, detail: &str) -> (MetricClass, bool) {
     } else if k.contains("error") || k.contains("fail") {
         (MetricClass::Errors, false)
     } else {
+        // An anomaly's detail starts with the metric name; the rest (entity paths,
+        // free text) would match keywords that say nothing about the metric.
         let c = if k.contains("anomal") {
-            classify_metric(detail)
+            classify_metric(detail.split_whitespace().next().unwrap_or(""))
         } else {
             classify_metric(&k)
         };
-        // An anomaly event on a resource counts like the resource series would.
-        (c, c.is_resource() || c == MetricClass::Crash)
+        // An anomaly event on a resource counts like the resource series would: rising,
+        // it is cause evidence; `anomaly_low` (below what was expected: a caller idling
+        // while it waits, a callee that gets fewer requests) is a symptom, as a falling
+        // series is.
+        let low = k.ends_with("_low");
+        (c, !low && (c.is_resource() || c == MetricClass::Crash))
     }
 }
 

@@ -62,7 +62,15 @@ pub fn paragraph(
             (Some(od), Some(oc)) if od < oc => format!("{} earlier", duration(oc - od)),
             _ => "at about the same time".to_string(),
         };
-        if dependency {
+        if dependency && c.upstream {
+            out.push_str(&format!(
+                " Its caller {} was anomalous {} ({}), so it most likely received fewer requests: a victim downstream of {}.",
+                d.name,
+                when,
+                describe_kind(d, input),
+                d.name
+            ));
+        } else if dependency {
             out.push_str(&format!(
                 " Its callee {} was anomalous {} ({}), so these symptoms most likely propagated upstream from {}.",
                 d.name,

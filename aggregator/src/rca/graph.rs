@@ -11,12 +11,17 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use super::CallEdge;
 use super::score::Comp;
+use super::{CallEdge, EvidenceEvent};
 
-/// Sets `explained_by` and `explains` on `comps`. Returns whether there was a graph
-/// to reason with (no edges: no-graph mode, nothing changes).
-pub fn analyse(comps: &mut [Comp], edges: &[CallEdge], slack_ms: i64) -> bool {
+/// Sets `explained_by`, `upstream` and `explains` on `comps`. Returns whether there was
+/// a graph to reason with (no edges: no-graph mode, nothing changes).
+pub fn analyse(
+    comps: &mut [Comp],
+    edges: &[CallEdge],
+    events: &[EvidenceEvent],
+    slack_ms: i64,
+) -> bool {
     if edges.is_empty() {
         return false;
     }
@@ -85,6 +90,42 @@ pub fn analyse(comps: &mut [Comp], edges: &[CallEdge], slack_ms: i64) -> bool {
             }
         }
     }
+    // Starved callees: a component with no cause evidence whose every anomaly is a
+    // level falling (CPU, writes, log lines below normal) and that no callee explains
+    // gets fewer requests because a caller failed: it is put down to an anomalous
+    // caller with cause evidence of its own that turned anomalous no later than it.
+    let mut upstream = vec![false; comps.len()];
+    for c in 0..comps.len() {
+        if !anomalous[c] || !explainers[c].is_empty() {
+            continue;
+        }
+        let cc = &comps[c];
+        let starved = cc.cause == 0.0 && cc.items.iter().all(|i| i.fall(events));
+        let Some(oc) = onset(c).filter(|_| starved) else {
+            continue;
+        };
+        let best = reach(c, &callers, &mut seen)
+            .into_iter()
+            .filter(|&a| {
+                a < comps.len()
+                    && anomalous[a]
+                    && comps[a].cause > 0.0
+                    && onset(a).is_some_and(|oa| oa <= oc.saturating_add(slack_ms))
+            })
+            .min_by(|&x, &y| {
+                comps[y]
+                    .cause
+                    .total_cmp(&comps[x].cause)
+                    .then_with(|| x.cmp(&y))
+            });
+        if let Some(a) = best {
+            explainers[c].push(a);
+            upstream[c] = true;
+            if !explains[a].contains(&c) {
+                explains[a].push(c);
+            }
+        }
+    }
     // Point a victim at the root of the chain: prefer explainers that are not explained
     // themselves, then the stronger, then the earlier, then by name (index order).
     let explained: Vec<bool> = explainers.iter().map(|e| !e.is_empty()).collect();
@@ -97,6 +138,7 @@ pub fn analyse(comps: &mut [Comp], edges: &[CallEdge], slack_ms: i64) -> bool {
                 .then_with(|| x.cmp(&y))
         });
         comps[c].explained_by = best;
+        comps[c].upstream = upstream[c];
         explains[c].sort_unstable();
         comps[c].explains = std::mem::take(&mut explains[c]);
     }

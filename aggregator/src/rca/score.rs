@@ -70,6 +70,16 @@ impl Item {
             Item::Event { class, .. } => *class,
         }
     }
+    /// A level below normal: a series that fell, an `*_low` event. A component whose
+    /// symptoms are all falls may be starved by a failing caller.
+    pub fn fall(&self, events: &[super::EvidenceEvent]) -> bool {
+        match self {
+            Item::Series(e) => !e.up,
+            Item::Event { event, .. } => events
+                .get(*event)
+                .is_some_and(|e| e.kind.to_ascii_lowercase().ends_with("_low")),
+        }
+    }
     /// Discounts this evidence (node-level evidence explained elsewhere).
     pub fn scale(&mut self, factor: f64) {
         match self {
@@ -89,8 +99,11 @@ pub struct Comp {
     pub cause: f64,
     pub symptom: f64,
     pub strength: f64,
-    /// The anomalous callee (transitive) its symptoms are put down to.
+    /// The anomalous callee (transitive) its symptoms are put down to, or with
+    /// `upstream`, the failing caller it gets fewer requests from.
     pub explained_by: Option<usize>,
+    /// `explained_by` is a caller: all this component's evidence is levels falling.
+    pub upstream: bool,
     /// Anomalous callers (transitive) that turned anomalous no earlier than it did.
     pub explains: Vec<usize>,
     pub score: f64,
@@ -253,7 +266,7 @@ pub fn rank(input: &RcaInput, cfg: &RcaConfig) -> Ranking {
         c.strength = c.cause.max(c.symptom);
     }
 
-    let graph_mode = graph::analyse(&mut comps, &input.edges, slack);
+    let graph_mode = graph::analyse(&mut comps, &input.edges, &input.events, slack);
 
     // The lag is measured from the earliest component whose evidence stands on its own:
     // a node's shared or contained anomalies (often build noise that came first) do not
@@ -389,7 +402,8 @@ fn evidence_list(c: &Comp, comps: &[Comp], input: &RcaInput, cfg: &RcaConfig) ->
                 } else if e.cause {
                     format!("{} pressure: own resource", e.class.kind())
                 } else if let Some(d) = c.explained_by {
-                    format!("symptom, explained by callee {}", comps[d].name)
+                    let who = if c.upstream { "caller" } else { "callee" };
+                    format!("symptom, explained by {who} {}", comps[d].name)
                 } else {
                     "symptom".to_string()
                 };

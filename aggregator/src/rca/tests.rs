@@ -1099,3 +1099,78 @@ fn a_fraction_of_a_percentage_point_is_not_an_anomaly() {
     let r = check("sub-point cpu", &sc, "b", "memory");
     assert!(kind_of(&r, "a").is_none(), "{r:?}");
 }
+
+#[test]
+fn anomaly_events_are_classified_by_their_metric_and_direction() {
+    use super::classify::classify_event;
+    // The path in the detail names a CPU hog scenario; the metric is log lines.
+    assert_eq!(
+        classify_event(
+            "anomaly",
+            "log.lines on n2 log/file/x/chain-cpu-hog-payments/ledger.log: low"
+        ),
+        (MetricClass::Unknown, false)
+    );
+    assert_eq!(
+        classify_event("anomaly", "proc.write_bytes_per_s on n2 process/7: high"),
+        (MetricClass::Disk, true)
+    );
+    // The same resource below what was expected is a symptom (fewer requests).
+    assert_eq!(
+        classify_event("anomaly_low", "proc.write_bytes_per_s on n2 process/7: low"),
+        (MetricClass::Disk, false)
+    );
+}
+
+#[test]
+fn a_callee_starved_by_its_failing_caller_is_a_victim() {
+    // frontend -> checkout -> ledger; checkout's CPU saturates; ledger gets fewer
+    // requests: its CPU falls, and its log lines are below what was expected, a
+    // little *before* checkout's CPU anomaly is detected.
+    let sc = Scenario::new(
+        &[("frontend", 80.0), ("checkout", 50.0), ("ledger", 10.0)],
+        &[("frontend", "checkout"), ("checkout", "ledger")],
+    )
+    .effect(
+        "checkout",
+        "cpu.usage_pct",
+        Effect::Step {
+            at: FAULT + 3,
+            delta: 70.0,
+        },
+    )
+    .effect(
+        "ledger",
+        "cpu.usage_pct",
+        Effect::Step {
+            at: FAULT,
+            delta: -15.0,
+        },
+    )
+    .effect(
+        "frontend",
+        "http.latency_ms",
+        Effect::Step {
+            at: FAULT + 3,
+            delta: 80.0,
+        },
+    )
+    .event(
+        "ledger",
+        FAULT,
+        "anomaly_low",
+        "log.lines on n2 log/file/ledger.log",
+    )
+    .window(FAULT - 5, N - 1);
+    let r = check("starved callee", &sc, "checkout", "cpu");
+    let ledger = kind_of(&r, "ledger");
+    assert_eq!(
+        ledger.map(|c| (c.kind.as_str(), c.caused_by.as_deref())),
+        Some(("dependency", Some("checkout"))),
+        "{r:?}"
+    );
+    assert!(
+        ledger.is_some_and(|c| c.explanation.contains("fewer requests")),
+        "{r:?}"
+    );
+}
