@@ -30,8 +30,8 @@ use super::graph::{self, ConnObservation, GraphLimits, ServiceGraph, Side};
 use super::hub::{Hub, RcaCandidate, RcaInputCounts, RcaResult, StreamMessage, incident_summary};
 use super::incidents::{Anomaly, Incident, Status};
 use super::rca_bridge::{
-    CallEdge, EvidenceEvent, OnsetRule, RcaInput, SeriesData, incident_onset, run_rca,
-    shared_anomalies,
+    CallEdge, EvidenceEvent, OnsetRule, RcaInput, SeriesData, exhaustion_kind, incident_onset,
+    run_rca, shared_anomalies,
 };
 use crate::store::Store;
 
@@ -1153,6 +1153,15 @@ pub async fn build_rca_input(
             detail: format!("{} on {} {}: {}", a.metric, a.node, a.entity, a.explanation),
             score: a.score,
         });
+        if let Some(kind) = exhaustion_kind(&a.explanation) {
+            events.push(EvidenceEvent {
+                component: a.component.clone(),
+                ts_ms: a.ts_ms,
+                kind: kind.to_string(),
+                detail: format!("its log says so: {}", a.explanation),
+                score: a.score,
+            });
+        }
     }
 
     // Bounded series: the incident's components first, then their graph neighbours, then

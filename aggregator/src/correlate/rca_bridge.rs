@@ -126,6 +126,29 @@ pub fn incident_onset(anoms: &[Anomaly], shared: &BTreeSet<usize>, rule: OnsetRu
         .or_else(|| anoms.iter().map(|a| a.ts_ms).min())
 }
 
+/// Standard messages of a resource running out (the `strerror` texts of `ENOSPC`,
+/// `EDQUOT`, `ENOMEM`, `EMFILE`/`ENFILE`, and the usual runtime wordings), lower case,
+/// with the evidence kind they stand for. A service that logs one of these names its
+/// own resource: cause evidence, not just an error burst.
+const EXHAUSTION: &[(&str, &str)] = &[
+    ("no space left on device", "disk_exhausted"),
+    ("enospc", "disk_exhausted"),
+    ("disk quota exceeded", "disk_exhausted"),
+    ("cannot allocate memory", "memory_exhausted"),
+    ("out of memory", "memory_exhausted"),
+    ("outofmemoryerror", "memory_exhausted"),
+    ("too many open files", "fd_exhausted"),
+];
+
+/// The exhaustion kind a log text (a new template, an error line) names, if any.
+pub fn exhaustion_kind(text: &str) -> Option<&'static str> {
+    let lower = text.to_ascii_lowercase();
+    EXHAUSTION
+        .iter()
+        .find(|(needle, _)| lower.contains(needle))
+        .map(|(_, kind)| *kind)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,5 +262,20 @@ mod tests {
             incident_onset(&[], &BTreeSet::new(), OnsetRule::default()),
             None
         );
+    }
+
+    #[test]
+    fn exhaustion_messages_name_the_resource() {
+        assert_eq!(
+            exhaustion_kind(
+                "new log pattern: <*> ERROR cart cannot write <*>: No space left on device (os error 28)"
+            ),
+            Some("disk_exhausted")
+        );
+        assert_eq!(
+            exhaustion_kind("java.lang.OutOfMemoryError: heap"),
+            Some("memory_exhausted")
+        );
+        assert_eq!(exhaustion_kind("ERROR upstream returned 502"), None);
     }
 }

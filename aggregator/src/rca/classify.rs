@@ -179,6 +179,10 @@ pub fn event_weight(kind: &str) -> f64 {
         || k.contains("refused")
     {
         0.8
+    } else if k.contains("exhausted") {
+        // A resource that ran out, in the component's own words (`disk_exhausted` from
+        // "No space left on device" in its log): nearly as sure as an OOM kill.
+        0.85
     } else if k.contains("error") || k.contains("fail") {
         0.7
     } else {

@@ -1120,6 +1120,12 @@ fn anomaly_events_are_classified_by_their_metric_and_direction() {
         classify_event("anomaly_low", "proc.write_bytes_per_s on n2 process/7: low"),
         (MetricClass::Disk, false)
     );
+    // "No space left on device" in a service's log: its disk, cause evidence.
+    assert_eq!(
+        classify_event("disk_exhausted", "its log says so: ERROR cannot write"),
+        (MetricClass::Disk, true)
+    );
+    assert_eq!(super::classify::event_weight("disk_exhausted"), 0.85);
 }
 
 #[test]
