@@ -249,12 +249,27 @@ fn generate(base: &Base, seed: u64) -> Case {
     let mut level = 0.0;
     let mut ar = 0.0;
     let mut values = Vec::with_capacity(base.len);
+    // Anomaly sizes are in units of the noise where they happen. For counts that is the
+    // Poisson rate's own √λ, which a trend change or level shift raises (3 + 30–50 after a
+    // trend change: four times the starting √3); sized on the starting noise, later
+    // "6σ" spikes there were 1.5–2 local standard deviations, and each window's noise is
+    // fixed at its start so a ramp does not grow with itself.
+    let local_sigma = |level: f64| match base.name {
+        "counts_10s" => (3.0 + f64::abs(level)).max(0.1).sqrt(),
+        _ => s,
+    };
+    let mut window_sigma = vec![s; windows.len()];
+    let mut var_sigma = s;
     for i in 0..base.len {
         let mut noise_mult = 1.0;
         let mut extra = 0.0;
         let mut season_i = season(base, i);
         let mut hog = false;
-        for (w, &size) in windows.iter().zip(&sizes) {
+        for ((w, &size), ws) in windows.iter().zip(&sizes).zip(&mut window_sigma) {
+            if i == w.start {
+                *ws = local_sigma(level);
+            }
+            let s = *ws;
             match w.kind {
                 Kind::Spike if i == w.start => extra += size * s,
                 Kind::LevelShift if i == w.start => level += size * s,
@@ -263,7 +278,10 @@ fn generate(base: &Base, seed: u64) -> Case {
                 Kind::SeasonalBreak if i >= w.start && i < w.end => {
                     season_i = season(base, w.start)
                 }
-                Kind::VarianceChange if i >= w.start && i < w.end => noise_mult = size,
+                Kind::VarianceChange if i >= w.start && i < w.end => {
+                    noise_mult = size;
+                    var_sigma = s;
+                }
                 Kind::CpuHog if i >= w.start && i < w.end => hog = true,
                 _ => {}
             }
@@ -300,7 +318,7 @@ fn generate(base: &Base, seed: u64) -> Case {
                 let lambda = (3.0 + level.abs()).max(0.1);
                 let mut x = rng.poisson(lambda);
                 if noise_mult > 1.0 {
-                    x = (x + noise_mult * s * rng.normal()).round().max(0.0);
+                    x = (x + noise_mult * var_sigma * rng.normal()).round().max(0.0);
                 }
                 x + extra.abs().round()
             }
