@@ -61,6 +61,12 @@ pub fn analyse(
         .map(|i| comps.get(i).is_some_and(Comp::anomalous))
         .collect();
     let onsets: Vec<Option<i64>> = comps.iter().map(|c| c.onset_ms).collect();
+    // A caller's symptoms are what a callee must precede; without symptoms, its onset.
+    let symptom_onsets: Vec<Option<i64>> = comps
+        .iter()
+        .map(|c| c.symptom_onset_ms.or(c.onset_ms))
+        .collect();
+    let symptom_onset = |i: usize| symptom_onsets.get(i).copied().flatten();
     let strengths: Vec<f64> = comps.iter().map(|c| c.strength).collect();
     let onset = |i: usize| onsets.get(i).copied().flatten();
     let mut seen = vec![false; n];
@@ -70,21 +76,23 @@ pub fn analyse(
         if !anomalous[c] {
             continue;
         }
-        let Some(oc) = onset(c) else { continue };
-        // Anomalous transitive callees that were anomalous by the time c was.
+        let (Some(oc), Some(sc)) = (onset(c), symptom_onset(c)) else {
+            continue;
+        };
+        // Anomalous transitive callees that were anomalous by the time c's symptoms were.
         for d in reach(c, &callees, &mut seen) {
             if d < comps.len()
                 && anomalous[d]
-                && onset(d).is_some_and(|od| od <= oc.saturating_add(slack_ms))
+                && onset(d).is_some_and(|od| od <= sc.saturating_add(slack_ms))
             {
                 explainers[c].push(d);
             }
         }
-        // Anomalous transitive callers that turned anomalous no earlier than c.
+        // Anomalous transitive callers whose symptoms came no earlier than c.
         for a in reach(c, &callers, &mut seen) {
             if a < comps.len()
                 && anomalous[a]
-                && onset(a).is_some_and(|oa| oa >= oc.saturating_sub(slack_ms))
+                && symptom_onset(a).is_some_and(|oa| oa >= oc.saturating_sub(slack_ms))
             {
                 explains[c].push(a);
             }

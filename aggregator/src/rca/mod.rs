@@ -138,6 +138,11 @@ pub struct RcaConfig {
     /// Scale floor, in the metric's own unit, for percentages (`*_pct`, `percent`): a
     /// move of a fraction of a percentage point is not an anomaly whatever the baseline.
     pub pct_floor: f64,
+    /// Scale floor of memory metrics (not percentages), relative to the baseline level.
+    pub mem_rel_floor: f64,
+    /// Share of the remaining score a root gains from the strongest symptom of a caller
+    /// it explains (graph mode).
+    pub corroboration: f64,
     /// Worker threads for the per-series pass; 0 = available parallelism (at most 8).
     /// The result does not depend on it.
     pub threads: usize,
@@ -171,6 +176,8 @@ impl Default for RcaConfig {
             common_mode_factor: 0.3,
             containment_min: 0.5,
             pct_floor: 1.0,
+            mem_rel_floor: 0.05,
+            corroboration: 0.3,
             threads: 0,
         }
     }

@@ -95,6 +95,9 @@ pub struct Comp {
     pub name: String,
     pub items: Vec<Item>,
     pub onset_ms: Option<i64>,
+    /// When its first *symptom* was seen: what a callee must precede to explain it (a
+    /// weak early wobble of its own resources does not make its errors its own).
+    pub symptom_onset_ms: Option<i64>,
     /// Best cause / symptom evidence before graph reasoning.
     pub cause: f64,
     pub symptom: f64,
@@ -110,6 +113,8 @@ pub struct Comp {
     pub kind: &'static str,
     /// The kind (and the explanation's lead) comes from cause evidence.
     pub lead_cause: bool,
+    /// Strongest symptom of a caller it explains (graph mode).
+    pub corroboration: f64,
     /// Node-level evidence discounted by [`super::host`], and why.
     pub discount: Option<host::Discount>,
 }
@@ -253,20 +258,33 @@ pub fn rank(input: &RcaInput, cfg: &RcaConfig) -> Ranking {
     }
     host::discount(&mut comps, input, cfg);
     for c in &mut comps {
-        c.onset_ms = c
-            .items
-            .iter()
-            .map(|i| match i {
-                Item::Series(e) => e.onset_ms,
-                Item::Event { event, .. } => input.events[*event].ts_ms,
-            })
-            .min();
+        let onset_of = |i: &Item| match i {
+            Item::Series(e) => e.onset_ms,
+            Item::Event { event, .. } => input.events[*event].ts_ms,
+        };
+        c.onset_ms = c.items.iter().map(onset_of).min();
+        c.symptom_onset_ms = c.items.iter().filter(|i| !i.cause()).map(onset_of).min();
         c.cause = best(&c.items, true);
         c.symptom = best(&c.items, false);
         c.strength = c.cause.max(c.symptom);
     }
 
     let graph_mode = graph::analyse(&mut comps, &input.edges, &input.events, slack);
+    // Strongest symptom among the explained callers of each component.
+    let corroboration: Vec<f64> = comps
+        .iter()
+        .enumerate()
+        .map(|(ci, c)| {
+            c.explains
+                .iter()
+                .filter(|&&a| comps[a].explained_by == Some(ci))
+                .map(|&a| comps[a].symptom)
+                .fold(0.0, f64::max)
+        })
+        .collect();
+    for (c, k) in comps.iter_mut().zip(corroboration) {
+        c.corroboration = k;
+    }
 
     // The lag is measured from the earliest component whose evidence stands on its own:
     // a node's shared or contained anomalies (often build noise that came first) do not
@@ -290,7 +308,13 @@ pub fn rank(input: &RcaInput, cfg: &RcaConfig) -> Ranking {
             (symptom, c.cause)
         };
         // Two independent kinds of evidence corroborate; the second counts half.
-        let strength = a + (1.0 - a) * 0.5 * b;
+        let mut strength = a + (1.0 - a) * 0.5 * b;
+        // The symptoms of the callers it explains corroborate a root (the common callee
+        // of several failing callers), the more so the stronger they are; a victim gets
+        // nothing for its own callers.
+        if c.explained_by.is_none() {
+            strength += (1.0 - strength) * cfg.corroboration * c.corroboration;
+        }
         let lag = match (c.onset_ms, earliest) {
             // Discounted components may come before `earliest`: no bonus for that.
             (Some(o), Some(e)) => (o.saturating_sub(e)).max(0) as f64,
@@ -548,8 +572,13 @@ fn eval_from(
         // A baseline of constant zero (error counts): any sustained change is 1/rel_eps.
         level = anom.iter().fold(0.0f64, |m, x| m.max(x.abs()));
     }
+    let class = classify_metric(metric);
     let floor = if is_percentage(metric) {
         cfg.pct_floor
+    } else if class == MetricClass::Memory {
+        // A process's memory moves by a few percent as it serves requests (allocator
+        // arenas, caches): pressure is a change well past that.
+        cfg.mem_rel_floor * level
     } else {
         0.0
     };
@@ -585,7 +614,6 @@ fn eval_from(
         maxs.iter().position(|&v| -v >= threshold)
     }
     .unwrap_or(best_i);
-    let class = classify_metric(metric);
     let pressure_up = is_up != inverted(metric);
     let cause = class == MetricClass::Crash || (class.is_resource() && pressure_up);
     let weight = if cause {

@@ -1180,3 +1180,81 @@ fn a_callee_starved_by_its_failing_caller_is_a_victim() {
         "{r:?}"
     );
 }
+
+/// web -> {cart, catalog} -> db; db drops connections: its own evidence is one weak
+/// anomaly event, both callers log errors, and cart's CPU wobbles a little (handling
+/// the errors) *before* the errors start.
+fn lossy_db() -> Scenario {
+    Scenario::new(
+        &[
+            ("web", 80.0),
+            ("cart", 40.0),
+            ("catalog", 40.0),
+            ("db", 10.0),
+        ],
+        &[
+            ("web", "cart"),
+            ("web", "catalog"),
+            ("cart", "db"),
+            ("catalog", "db"),
+        ],
+    )
+    .event(
+        "db",
+        FAULT,
+        "anomaly",
+        "proc.write_bytes_per_s on n3 process/9: above",
+    )
+    .effect(
+        "cart",
+        "cpu.usage_pct",
+        Effect::Step {
+            at: FAULT - 2,
+            delta: 12.0,
+        },
+    )
+    .effect(
+        "cart",
+        "http.errors_per_s",
+        Effect::Step {
+            at: FAULT + 2,
+            delta: 30.0,
+        },
+    )
+    .effect(
+        "catalog",
+        "http.errors_per_s",
+        Effect::Step {
+            at: FAULT + 2,
+            delta: 30.0,
+        },
+    )
+    .window(FAULT - 5, N - 1)
+}
+
+#[test]
+fn the_common_callee_of_failing_callers_is_corroborated() {
+    let sc = lossy_db();
+    let r = check("lossy db", &sc, "db", "disk");
+    // cart's errors are put down to db even though cart's CPU moved first.
+    assert!(
+        kind_of(&r, "cart").is_some_and(|c| c
+            .evidence
+            .iter()
+            .any(|e| e.series == "cart:http.errors_per_s"
+                && e.note.contains("explained by callee db"))),
+        "{r:?}"
+    );
+    // Without the callers' corroboration, cart's own CPU wobble out-ranks db's one
+    // weak anomaly.
+    let off = RcaConfig {
+        corroboration: 0.0,
+        ..RcaConfig::default()
+    };
+    let r = rank(&sc.input(), &off);
+    assert_eq!(
+        r.ranking.first().map(|c| c.target.as_str()),
+        Some("cart"),
+        "{r:?}"
+    );
+}
