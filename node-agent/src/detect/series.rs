@@ -246,6 +246,12 @@ pub struct SeriesDetector {
     /// Trend when the current CUSUM excursion began, restored by a quick re-base (a step
     /// kicks the trend, and a kicked trend would drift the new level away).
     trend_before: f32,
+    /// The slow trend before the change-point detector adopted a ramp's slope, and that
+    /// ramp's direction relative to it (0: no ramp adopted).
+    trend_base: f32,
+    ramp_dir: i8,
+    /// Sample count when the ramp was adopted.
+    ramp_at: u32,
     cusum_pos: f32,
     cusum_neg: f32,
     var_cusum: f32,
@@ -309,6 +315,9 @@ impl SeriesDetector {
             ac_xy: 0.0,
             ac_xx: 1.0,
             trend_before: 0.0,
+            trend_base: 0.0,
+            ramp_dir: 0,
+            ramp_at: 0,
             cusum_pos: 0.0,
             cusum_neg: 0.0,
             var_cusum: 0.0,
@@ -735,28 +744,73 @@ impl SeriesDetector {
             m += 1;
         }
         let m = m.max(1);
-        // A ramp or a step? A slope over the changed samples that differs from the old
+        let dir: i8 = if up { 1 } else { -1 };
+        // Which recent samples the slope is fitted on: the changed ones, or, for a change
+        // against a ramp adopted earlier, everything since it was adopted.
+        let against_ramp = self.ramp_dir == -dir;
+        let span = if against_ramp {
+            (self.n.saturating_sub(self.ramp_at) as usize + 1).min(self.ring_len())
+        } else {
+            m
+        };
+        // A ramp or a step? A slope over those samples that differs from the current
         // trend by more than three standard errors is a new trend; anything else is a step,
         // and whatever trend the step taught the fast level is undone.
-        let mut ramp = false;
-        if m >= 5 {
-            let (_, b) = line_fit(&buf[..m]);
-            let slope = -b; // buf runs backwards in time
-            let mf = m as f64;
-            let se = sig_s * (12.0 / (mf * (mf * mf - 1.0))).sqrt();
-            if slope.is_finite() && (slope - self.trend_slow).abs() > 3.0 * se {
-                ramp = true;
+        let mut ramp = None;
+        if span >= 5 {
+            let mut seg = [0.0f64; RING];
+            for (age, v) in seg.iter_mut().enumerate().take(span) {
+                *v = self.ring_back(age);
+            }
+            let seg = &seg[..span];
+            let (at_now, b) = line_fit(seg);
+            let slope = -b; // the segment runs backwards in time
+            let n_seg = span as f64;
+            let se = sig_s * (12.0 / (n_seg * (n_seg * n_seg - 1.0))).sqrt();
+            // Against a ramp: has it ended (a leak restarted, a fill levelled off), or was
+            // its slope a little off and it goes on? The ramp followed by the old trend,
+            // with the best break, against one line through it all.
+            let ended = if against_ramp {
+                let sse_line: f64 = seg
+                    .iter()
+                    .enumerate()
+                    .map(|(age, &v)| (v - (at_now + b * age as f64)).powi(2))
+                    .sum();
+                let hinge = hinge_fit(seg, f64::from(self.trend_base), self.trend_slow);
+                hinge
+                    .filter(|&(_, sse)| sse < sse_line)
+                    .map(|(level, _)| level)
+            } else {
+                None
+            };
+            if let Some(level) = ended {
+                self.trend_slow = f64::from(self.trend_base);
+                self.trend = self.trend_slow;
+                self.ramp_dir = 0;
+                ramp = Some(level);
+            } else if slope.is_finite() && (slope - self.trend_slow).abs() > 3.0 * se {
+                if self.ramp_dir == 0 {
+                    self.trend_base = self.trend_slow as f32;
+                }
+                self.ramp_dir = if slope > f64::from(self.trend_base) {
+                    1
+                } else {
+                    -1
+                };
+                self.ramp_at = self.n;
                 self.trend = slope;
                 self.trend_slow = slope;
+                ramp = Some(at_now);
             }
         }
-        if !ramp {
+        if ramp.is_none() {
             self.trend = f64::from(self.trend_before);
         }
         for (age, v) in buf[..m].iter_mut().enumerate() {
             *v += age as f64 * self.trend_slow;
         }
-        let level = median(&mut buf[..m]);
+        // A ramp's level is its line's value now; a step's the median of its samples.
+        let level = ramp.unwrap_or_else(|| median(&mut buf[..m]));
         if level.is_finite() {
             // The profile's level follows a level shift; a profile not applied is learned
             // against its own level, which a change of the raw series' level says nothing
@@ -1100,6 +1154,38 @@ impl SeriesDetector {
 /// Lag of the daily profile's gate test, in samples: a quarter period, at most the ring.
 fn gate_lag(per_period: f64) -> usize {
     (per_period / 4.0).clamp(1.0, RING as f64) as usize
+}
+
+/// A ramp that ended: `v[age]` (newest first) follows `slope_after` up to a break `k`
+/// samples back and `slope_before` before it, through a level fitted by least squares.
+/// Returns the level now and the sum of squared errors at the best break, `None` when
+/// `v` is empty.
+fn hinge_fit(v: &[f64], slope_after: f64, slope_before: f64) -> Option<(f64, f64)> {
+    let n = v.len() as f64;
+    let mut best: Option<(f64, f64)> = None;
+    for k in 0..v.len() {
+        // Value now minus the value `age` samples back, under this break.
+        let drop = |age: usize| {
+            let a = age.min(k) as f64;
+            let b = age.saturating_sub(k) as f64;
+            slope_after * a + slope_before * b
+        };
+        let level = v
+            .iter()
+            .enumerate()
+            .map(|(age, &x)| x + drop(age))
+            .sum::<f64>()
+            / n;
+        let sse: f64 = v
+            .iter()
+            .enumerate()
+            .map(|(age, &x)| (x + drop(age) - level).powi(2))
+            .sum();
+        if sse.is_finite() && best.is_none_or(|(_, b)| sse < b) {
+            best = Some((level, sse));
+        }
+    }
+    best
 }
 
 /// Least-squares line `a + b i` over `i = 0..len`.

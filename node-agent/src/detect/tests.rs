@@ -182,6 +182,37 @@ fn slow_memory_leak_ramp_is_flagged_within_thirty_samples() {
 }
 
 #[test]
+fn ramp_that_levels_off_is_not_reported_again_and_again() {
+    // A fill that stops: +5 MB/s for 60 s, then the new level holds for 40 minutes.
+    let mut rng = Noise(6);
+    let mut level = 2.0e9;
+    let v: Vec<f64> = (0..3000)
+        .map(|i| {
+            if (600..660).contains(&i) {
+                level += 5.0e6;
+            }
+            level + 5.0e6 * rng.normal()
+        })
+        .collect();
+    let obs = run(&DetectConfig::default(), 1000, &v);
+    assert!(
+        first_flag(&obs, 600).is_some_and(|d| d <= 30),
+        "ramp missed"
+    );
+    // The ramp is re-based a few times before its slope shows, and its end may be
+    // reported too (it is a change of trend); soon after it the held level is normal, not
+    // a ramp that goes on and is re-based again and again.
+    let eps = episodes(&obs, 600);
+    assert!(eps.len() <= 5, "episodes at {eps:?}");
+    assert!(episodes(&obs, 700).is_empty(), "episodes at {eps:?}");
+    assert!(
+        (obs[2999].expected - level).abs() < 2.0e7,
+        "did not settle: expected {} for {level}",
+        obs[2999].expected
+    );
+}
+
+#[test]
 fn steady_trend_is_learned_not_flagged() {
     let mut rng = Noise(5);
     let v: Vec<f64> = (0..5000)
