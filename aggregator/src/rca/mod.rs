@@ -140,6 +140,9 @@ pub struct RcaConfig {
     pub pct_floor: f64,
     /// Scale floor of memory metrics (not percentages), relative to the baseline level.
     pub mem_rel_floor: f64,
+    /// Scale floor of memory metrics in bytes (a name with the token `bytes`): a couple
+    /// of MiB more is not memory pressure on any machine this runs on.
+    pub mem_bytes_floor: f64,
     /// Share of the remaining score a root gains from the strongest symptom of a caller
     /// it explains (graph mode).
     pub corroboration: f64,
@@ -177,6 +180,7 @@ impl Default for RcaConfig {
             containment_min: 0.5,
             pct_floor: 1.0,
             mem_rel_floor: 0.05,
+            mem_bytes_floor: 4.0 * 1024.0 * 1024.0,
             corroboration: 0.3,
             threads: 0,
         }

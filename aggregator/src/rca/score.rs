@@ -577,8 +577,14 @@ fn eval_from(
         cfg.pct_floor
     } else if class == MetricClass::Memory {
         // A process's memory moves by a few percent as it serves requests (allocator
-        // arenas, caches): pressure is a change well past that.
-        cfg.mem_rel_floor * level
+        // arenas, caches, a few more threads while requests queue): pressure is a
+        // change well past that, and, in bytes, past a few MiB.
+        let bytes = metric
+            .to_ascii_lowercase()
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .any(|t| t == "bytes");
+        let abs = if bytes { cfg.mem_bytes_floor } else { 0.0 };
+        (cfg.mem_rel_floor * level).max(abs)
     } else {
         0.0
     };
