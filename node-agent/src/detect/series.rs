@@ -243,6 +243,9 @@ pub struct SeriesDetector {
     prev_zs: f32,
     ac_xy: f32,
     ac_xx: f32,
+    /// The same for the one-step residual (`prev_ef`), for the spike detector.
+    acf_xy: f32,
+    acf_xx: f32,
     /// Trend when the current CUSUM excursion began, restored by a quick re-base (a step
     /// kicks the trend, and a kicked trend would drift the new level away).
     trend_before: f32,
@@ -314,6 +317,8 @@ impl SeriesDetector {
             prev_zs: 0.0,
             ac_xy: 0.0,
             ac_xx: 1.0,
+            acf_xy: 0.0,
+            acf_xx: 1.0,
             trend_before: 0.0,
             trend_base: 0.0,
             ramp_dir: 0,
@@ -383,7 +388,16 @@ impl SeriesDetector {
         let sig_s = (self.abs_s * MEAN_ABS_TO_SIGMA).max(sig_f);
         let e_f = d - (self.lf + self.trend);
         let e_s = d - (self.ls + self.trend_slow);
-        let z_f = finite_z(e_f / sig_f);
+        // The one-step residual of an autocorrelated series (a random walk, AR noise) is
+        // itself correlated: part of it is predictable from the last one, and a spike must
+        // stand out from the rest, the innovation, whose scale is √(1 - φ²) of the
+        // residual's. The last residual counts at most `HUBER` scales, so a spike does not
+        // forecast a large part of itself onto the next sample. For uncorrelated noise
+        // φ = 0 and this is the plain residual.
+        let phi_f = self.phi_fast();
+        let carry = phi_f * f64::from(self.prev_ef).clamp(-HUBER * sig_f, HUBER * sig_f);
+        let innov_scale = (1.0 - phi_f * phi_f).sqrt();
+        let z_f = finite_z((e_f - carry) / (sig_f * innov_scale));
         let z_s = finite_z(e_s / sig_s);
         let z_v = finite_z((e_f - f64::from(self.prev_ef)) / (std::f64::consts::SQRT_2 * sig_f));
         let warm = self.n >= cfg.warmup;
@@ -451,8 +465,8 @@ impl SeriesDetector {
             }
         }
 
-        let expected = self.lf + self.trend + season;
-        let half = f64::from(self.band_z) * sig_f;
+        let expected = self.lf + self.trend + season + carry;
+        let half = f64::from(self.band_z) * sig_f * innov_scale;
         let (lower, upper) = (expected - half, expected + half);
         let opened = warm && self.episode.step(cfg, ts_ms, score);
         let anomaly = opened.then(|| {
@@ -538,6 +552,18 @@ impl SeriesDetector {
     /// estimate is noisy, and an overestimate would hide a real drift.
     fn phi(&self) -> f64 {
         let r = f64::from(self.ac_xy) / f64::from(self.ac_xx).max(1e-9);
+        let n = f64::from(self.n);
+        let r = r * n / (n + AC_PRIOR);
+        if r.is_finite() {
+            r.clamp(0.0, AC_MAX)
+        } else {
+            0.0
+        }
+    }
+
+    /// Lag-1 autocorrelation of the one-step residual, like [`Self::phi`].
+    fn phi_fast(&self) -> f64 {
+        let r = f64::from(self.acf_xy) / f64::from(self.acf_xx).max(1e-9);
         let n = f64::from(self.n);
         let r = r * n / (n + AC_PRIOR);
         if r.is_finite() {
@@ -681,6 +707,15 @@ impl SeriesDetector {
             self.quantum = step;
         }
         self.last_x = x;
+        // Autocorrelation of the one-step residual, from calm samples only, like the
+        // drift residual's below.
+        let zf = (e_f / sig_f).clamp(-SCALE_CLIP, SCALE_CLIP);
+        let zf_prev = (f64::from(self.prev_ef) / sig_f).clamp(-SCALE_CLIP, SCALE_CLIP);
+        if !(warm && score >= cfg.open_threshold) {
+            let w = AC_ALPHA.max(1.0 / n.max(1.0)) as f32;
+            self.acf_xy += w * ((zf * zf_prev) as f32 - self.acf_xy);
+            self.acf_xx += w * ((zf * zf) as f32 - self.acf_xx);
+        }
         self.prev_ef = e_f.clamp(-1e30, 1e30) as f32;
         // Autocorrelation from calm samples only (clipped), so a change does not teach it.
         let zs = (e_s / sig_s).clamp(-SLOW_SCALE_CLIP, SLOW_SCALE_CLIP);
