@@ -61,6 +61,8 @@ const MAX_ABS: f64 = 1e30;
 const FLAG_RATE_NORMAL: f32 = 0.04;
 const MIN_ANOMALOUS_WEIGHT: f32 = 0.01;
 const FLAG_RATE_DECAY: f32 = 1.0 / 1024.0;
+/// Samples over which that weight starts from 1 and falls to the flag-rate rule.
+const YOUNG_TAIL: f32 = 400.0;
 /// Longest automatic daily period, in samples (a step of about 9 s or more). Finer series
 /// change too little from one sample to the next over a day for the profile to matter (the
 /// trend follows the daily swing) and would take days to learn it. It is also the longest
@@ -253,6 +255,8 @@ pub struct SeriesDetector {
     /// ramp's direction relative to it (0: no ramp adopted).
     trend_base: f32,
     ramp_dir: i8,
+    /// Sample count when the daily profile was last applied or withdrawn.
+    drift_start: u32,
     /// Sample count when the ramp was adopted.
     ramp_at: u32,
     cusum_pos: f32,
@@ -323,6 +327,7 @@ impl SeriesDetector {
             trend_base: 0.0,
             ramp_dir: 0,
             ramp_at: 0,
+            drift_start: 0,
             cusum_pos: 0.0,
             cusum_neg: 0.0,
             var_cusum: 0.0,
@@ -650,8 +655,13 @@ impl SeriesDetector {
         if warm {
             let flagged = score >= cfg.open_threshold;
             self.flag_rate += FLAG_RATE_DECAY * (f32::from(u8::from(flagged)) - self.flag_rate);
+            // A young series has no history to call its tail events rare by: until it has
+            // one, they teach the calibration almost as normal ones do, so a heavy-tailed
+            // series alerts on its first big values, not on every one of its first hundreds.
+            let youth = (1.0 - self.n as f32 / YOUNG_TAIL).max(0.0);
             let w_anomalous = (self.flag_rate / FLAG_RATE_NORMAL)
                 .powi(2)
+                .max(youth)
                 .clamp(MIN_ANOMALOUS_WEIGHT, 1.0);
             let w = if flagged { w_anomalous } else { 1.0 };
             if flagged || self.episode.open {
@@ -701,7 +711,10 @@ impl SeriesDetector {
             )
         };
         self.abs_f += ALPHA_SCALE.max(1.0 / n) * (af - self.abs_f);
-        self.abs_s += ALPHA_SLOW_SCALE.max(1.0 / n) * (as_ - self.abs_s);
+        // The drift residual's scale averages afresh from the last switch of the daily
+        // profile (see `gate`).
+        let n_drift = f64::from(self.n.saturating_sub(self.drift_start)).max(1.0);
+        self.abs_s += ALPHA_SLOW_SCALE.max(1.0 / n_drift) * (as_ - self.abs_s);
         let step = (x - self.last_x).abs();
         if step > 0.0 && step < self.quantum {
             self.quantum = step;
@@ -1024,6 +1037,11 @@ impl SeriesDetector {
             self.ls += current;
         }
         if turn_on || turn_off {
+            // The drift residual's scale described the other model's errors (without the
+            // profile: the unmodelled swing, several noise scales wide), and would blind
+            // the change-point detector for hundreds of samples: it averages afresh from
+            // here, starting from what it was.
+            self.drift_start = self.n;
             self.cusum_pos = 0.0;
             self.cusum_neg = 0.0;
             self.run_len = 0;
