@@ -76,6 +76,9 @@ struct ServeArgs {
     /// Flush early once this many rows are in memory.
     #[arg(long, default_value_t = 4_000_000)]
     max_hot_rows: usize,
+    /// Flush early once this many MiB of Arrow data are in memory.
+    #[arg(long, default_value_t = 256)]
+    max_hot_mib: usize,
     /// Most node connections at once; more are refused.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
@@ -174,6 +177,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut cfg = StoreConfig::new(args.data_dir.clone());
     cfg.flush_interval = Duration::from_secs(args.flush_interval_secs.max(1));
     cfg.max_hot_rows = args.max_hot_rows;
+    cfg.max_hot_bytes = args.max_hot_mib.saturating_mul(1024 * 1024);
     let (store, report) = Store::open(cfg, metrics.clone())
         .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
     tracing::info!(

@@ -158,6 +158,43 @@ pub fn split_self_contained(raw: &[u8]) -> Result<SelfContained<'_>, CodecError>
     })
 }
 
+/// The bytes of the key table of an uncompressed format-1 payload (between the version
+/// byte and the body), found without decoding a key. Two payloads with equal key-table
+/// bytes name the same series in the same order: the agent's batches mostly do, one after
+/// the other, and the send-time rewrite then reuses what it made of the previous one.
+pub fn self_contained_key_table(raw: &[u8]) -> Result<&[u8], CodecError> {
+    let mut r = Reader { buf: raw, pos: 0 };
+    if r.byte("format version")? != FORMAT_VERSION {
+        return Err(invalid("not a self-contained (format 1) payload"));
+    }
+    let n_strings = r.count("string count", 1)?;
+    for _ in 0..n_strings {
+        let len = r.count("string length", 1)?;
+        r.take(len, "string bytes")?;
+    }
+    let n_series = r.count("series count", 3)?;
+    for _ in 0..n_series {
+        r.varint("entity index")?;
+        r.varint("metric index")?;
+        let n_labels = r.count("label count", 2)?;
+        for _ in 0..n_labels {
+            r.varint("label key")?;
+            r.varint("label value")?;
+        }
+    }
+    Ok(&raw[1..r.pos])
+}
+
+/// An uncompressed format-1 payload from a key table (as [`self_contained_key_table`]
+/// returns it) and a body.
+pub fn join_self_contained_table(table: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + table.len() + body.len());
+    out.push(FORMAT_VERSION);
+    out.extend_from_slice(table);
+    out.extend_from_slice(body);
+    out
+}
+
 /// An uncompressed format-1 payload from keys and a body taken from either form.
 pub fn join_self_contained(keys: &[&SeriesKey], body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 + keys.len() * 16 + body.len());
@@ -590,21 +627,19 @@ fn gorilla_decode(bytes: &[u8], n: usize) -> Result<Vec<f64>, CodecError> {
     Ok(values)
 }
 
+/// Borrows the keys' strings: a table is built and written in one go, on every send.
 #[derive(Default)]
-struct StringTable {
-    list: Vec<String>,
-    index: HashMap<String, u32>,
+struct StringTable<'a> {
+    list: Vec<&'a str>,
+    index: HashMap<&'a str, u32>,
 }
 
-impl StringTable {
-    fn intern(&mut self, s: &str) -> u32 {
-        if let Some(&idx) = self.index.get(s) {
-            return idx;
-        }
-        let idx = self.list.len() as u32;
-        self.list.push(s.to_string());
-        self.index.insert(s.to_string(), idx);
-        idx
+impl<'a> StringTable<'a> {
+    fn intern(&mut self, s: &'a str) -> u32 {
+        *self.index.entry(s).or_insert_with(|| {
+            self.list.push(s);
+            (self.list.len() - 1) as u32
+        })
     }
 }
 

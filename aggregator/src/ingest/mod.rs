@@ -15,7 +15,9 @@
 //! starts both dictionaries empty and resends what was not acked.
 //!
 //! Bounds: connections (a semaphore; past it, new connections are refused with a clear
-//! close reason), batches in flight per connection, and payload bytes in flight overall.
+//! close reason), unread bytes per connection (the QUIC receive windows), batches in flight
+//! per connection, decoded bytes in flight overall, batches decoding at once (off the async
+//! runtime), and the store's memory (ingest waits while a flush catches up).
 
 pub mod tls;
 
@@ -32,6 +34,7 @@ use thiserror::Error;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::metrics::Metrics;
+use crate::store::schema::DecodedBatch;
 use crate::store::state::Applied;
 use crate::store::{IngestPending, Store, schema};
 use crate::wal::WalEntry;
@@ -43,8 +46,11 @@ pub struct IngestLimits {
     pub max_connections: usize,
     /// Batches one connection may have in flight (read but not yet acked).
     pub max_inflight_batches: usize,
-    /// Payload KiB in flight over all connections.
+    /// KiB in flight over all connections: batches read but not yet acked, counted as
+    /// they are once decoded (Arrow rows plus the WAL copy).
     pub max_inflight_kib: usize,
+    /// Batches decoded at once (each on a thread of the blocking pool).
+    pub decoders: usize,
 }
 
 impl Default for IngestLimits {
@@ -52,7 +58,8 @@ impl Default for IngestLimits {
         IngestLimits {
             max_connections: 10_000,
             max_inflight_batches: 64,
-            max_inflight_kib: 256 * 1024,
+            max_inflight_kib: 128 * 1024,
+            decoders: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }
 }
@@ -108,7 +115,11 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let conn_slots = Arc::new(Semaphore::new(limits.max_connections));
-    let inflight = Arc::new(Semaphore::new(limits.max_inflight_kib));
+    let budgets = Arc::new(Budgets {
+        inflight: Arc::new(Semaphore::new(limits.max_inflight_kib)),
+        inflight_kib: limits.max_inflight_kib.max(1),
+        decoders: Semaphore::new(limits.decoders.max(1)),
+    });
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => match i { Some(i) => i, None => break },
@@ -120,16 +131,16 @@ pub async fn run(
             incoming.refuse();
             continue;
         };
-        let (store, metrics, inflight, limits) = (
+        let (store, metrics, budgets, limits) = (
             store.clone(),
             metrics.clone(),
-            inflight.clone(),
+            budgets.clone(),
             limits.clone(),
         );
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             metrics.connections_open.inc();
-            let res = handle(incoming, &store, &metrics, &inflight, &limits).await;
+            let res = handle(incoming, &store, &metrics, &budgets, &limits).await;
             metrics.connections_open.dec();
             drop(slot);
             match res {
@@ -151,6 +162,16 @@ pub async fn run(
     );
 }
 
+/// What all connections share: memory in flight, and the decoders.
+struct Budgets {
+    /// Permits are KiB of decoded batches not yet acked.
+    inflight: Arc<Semaphore>,
+    /// Its size: one batch never waits for more than all of it.
+    inflight_kib: usize,
+    /// Permits are batches being decoded.
+    decoders: Semaphore,
+}
+
 /// Binds the QUIC endpoint.
 pub fn bind(addr: SocketAddr, config: quinn::ServerConfig) -> anyhow::Result<quinn::Endpoint> {
     quinn::Endpoint::server(config, addr)
@@ -165,7 +186,7 @@ async fn handle(
     incoming: quinn::Incoming,
     store: &Store,
     metrics: &Metrics,
-    inflight: &Arc<Semaphore>,
+    budgets: &Budgets,
     limits: &IngestLimits,
 ) -> Result<String, ConnError> {
     let conn = incoming.await?;
@@ -272,7 +293,7 @@ async fn handle(
     });
 
     let result = read_batches(
-        &conn, &mut recv, &node, &hello, dict, store, metrics, inflight, &ack_tx,
+        &conn, &mut recv, &node, &hello, dict, store, metrics, budgets, &ack_tx,
     )
     .await;
     drop(ack_tx);
@@ -311,7 +332,7 @@ async fn read_batches(
     mut dict: Option<ReceiverDict>,
     store: &Store,
     metrics: &Metrics,
-    inflight: &Arc<Semaphore>,
+    budgets: &Budgets,
     ack_tx: &mpsc::Sender<AckJob>,
 ) -> Result<(), ConnError> {
     loop {
@@ -379,39 +400,44 @@ async fn read_batches(
             .await?;
             continue;
         }
-        let kib = (batch.payload.len() / 1024 + 1) as u32;
-        let permit = inflight
-            .clone()
-            .acquire_many_owned(kib)
+        // Decoding is CPU work of milliseconds: it runs on the blocking pool, a few batches
+        // at a time, so the QUIC endpoint and the other connections keep being served.
+        let slot = budgets
+            .decoders
+            .acquire()
             .await
             .map_err(|e| ConnError::Store(e.to_string()))?;
-        let resolved = match dict.as_mut() {
-            Some(d) => d.decode(&batch.payload),
-            None => codec::decode_batch(&batch.payload)
-                .map(|batch| Resolved {
-                    batch,
-                    self_contained: None,
-                    definitions: 0,
-                })
-                .map_err(DictError::from),
+        let (returned, decoded) = decode_off_runtime(dict.take(), node, batch.payload).await?;
+        dict = returned;
+        let decoded = match decoded {
+            Err(Undecodable::Dictionary(e)) => return Err(dictionary_error(node, seq, e)),
+            Err(Undecodable::Batch(why)) => Err(why),
+            Ok(d) => Ok(d),
         };
-        let resolved = match resolved {
-            Err(e) if e.ends_connection() => return Err(dictionary_error(node, seq, e)),
-            other => other,
+        // The in-flight budget counts what a batch holds once decoded (Arrow rows plus the
+        // WAL copy), not its wire size: protocol 2 makes the wire 40 times smaller.
+        let kib = match &decoded {
+            Ok((arrow, wal_payload)) => (arrow.memory_size() + wal_payload.len()) / 1024 + 1,
+            Err(_) => 1,
         };
-        let decoded = resolved.map_err(|e| e.to_string()).and_then(|r| {
-            let arrow = schema::to_arrow(node, &r.batch).map_err(|e| e.to_string())?;
-            Ok((arrow, r.self_contained))
-        });
+        let permit = budgets
+            .inflight
+            .clone()
+            .acquire_many_owned(kib.min(budgets.inflight_kib) as u32)
+            .await
+            .map_err(|e| ConnError::Store(e.to_string()))?;
+        drop(slot);
+        if decoded.is_ok() {
+            store.wait_for_room().await;
+        }
         let outcome = match decoded {
-            Ok((decoded, self_contained)) => {
-                // The WAL holds self-contained payloads only: replay has no dictionary.
+            Ok((decoded, wal_payload)) => {
                 let entry = WalEntry::Batch {
                     node: node.to_string(),
                     session,
                     seq,
                     received_ms: now_ms(),
-                    payload: self_contained.unwrap_or(batch.payload),
+                    payload: wal_payload,
                 };
                 let pending = store
                     .submit(entry, decoded)
@@ -443,6 +469,50 @@ async fn read_batches(
         )
         .await?;
     }
+}
+
+/// Why a batch could not be decoded.
+enum Undecodable {
+    /// The connection's dictionary cannot be trusted any more: the connection ends.
+    Dictionary(DictError),
+    /// This batch is bad (it is nacked); the connection goes on.
+    Batch(String),
+}
+
+type Decoded = Result<(DecodedBatch, Vec<u8>), Undecodable>;
+
+/// Decodes a batch on the blocking pool: resolves its series ids through the connection's
+/// dictionary (protocol 2), converts it to Arrow, and returns what the WAL keeps. The WAL
+/// holds self-contained payloads only, because replay has no dictionary.
+async fn decode_off_runtime(
+    mut dict: Option<ReceiverDict>,
+    node: &str,
+    payload: Vec<u8>,
+) -> Result<(Option<ReceiverDict>, Decoded), ConnError> {
+    let node = node.to_string();
+    tokio::task::spawn_blocking(move || {
+        let resolved = match dict.as_mut() {
+            Some(d) => d.decode(&payload),
+            None => codec::decode_batch(&payload)
+                .map(|batch| Resolved {
+                    batch,
+                    self_contained: None,
+                    definitions: 0,
+                })
+                .map_err(DictError::from),
+        };
+        let decoded = match resolved {
+            Err(e) if e.ends_connection() => Err(Undecodable::Dictionary(e)),
+            Err(e) => Err(Undecodable::Batch(e.to_string())),
+            Ok(r) => match schema::to_arrow(&node, &r.batch) {
+                Ok(arrow) => Ok((arrow, r.self_contained.unwrap_or(payload))),
+                Err(e) => Err(Undecodable::Batch(e.to_string())),
+            },
+        };
+        (dict, decoded)
+    })
+    .await
+    .map_err(|e| ConnError::Store(format!("decoder task failed: {e}")))
 }
 
 async fn send_job(tx: &mpsc::Sender<AckJob>, job: AckJob) -> Result<(), ConnError> {

@@ -26,6 +26,10 @@ pub fn load_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
         .with_context(|| format!("cannot read a private key from {}", path.display()))
 }
 
+/// Unread bytes one node's stream may buffer here (plenty for 100 ms of RTT at the rate of
+/// a large node: about 5 MB/s).
+const STREAM_WINDOW: u32 = 512 * 1024;
+
 /// A QUIC server config requiring client certificates signed by `ca`.
 pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<quinn::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -51,6 +55,10 @@ pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<quinn
         .max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
             30_000,
         ))))
+        // What a connection may have sent but we have not read yet, per stream and in all:
+        // quinn's defaults (1.25 MB, unbounded) times 1000 nodes would be gigabytes.
+        .stream_receive_window(quinn::VarInt::from_u32(STREAM_WINDOW))
+        .receive_window(quinn::VarInt::from_u32(2 * STREAM_WINDOW))
         .max_concurrent_bidi_streams(quinn::VarInt::from_u32(2))
         .max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
     cfg.transport_config(Arc::new(transport));

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, TimestampMillisecondArray, UInt32Array};
-use datafusion::arrow::compute::{concat_batches, take_record_batch};
+use datafusion::arrow::compute::take_record_batch;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -147,38 +148,41 @@ pub fn write_table(
     batches: &[RecordBatch],
     segment: u64,
 ) -> Result<Vec<FileEntry>, FilesError> {
-    if batches.iter().all(|b| b.num_rows() == 0) {
-        return Ok(Vec::new());
-    }
-    let schema = table.schema();
-    let all = concat_batches(&schema, batches).map_err(|e| FilesError::Parquet {
+    let perr = |detail: String| FilesError::Parquet {
         path: data_dir.to_path_buf(),
-        detail: e.to_string(),
-    })?;
-    let ts = all
-        .column(0)
-        .as_any()
-        .downcast_ref::<TimestampMillisecondArray>()
-        .ok_or_else(|| FilesError::Parquet {
-            path: data_dir.to_path_buf(),
-            detail: "ts column is not a timestamp".into(),
-        })?;
-
-    // Row indices per hour bucket.
-    let mut by_hour: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
-    for idx in 0..ts.len() {
-        by_hour
-            .entry(ts.value(idx).div_euclid(3_600_000))
-            .or_default()
-            .push(idx as u32);
+        detail,
+    };
+    // Rows by hour, batch by batch: a batch within one hour (nearly all of them) goes to
+    // its file as it is, so a flush never holds a second copy of the hot data.
+    let mut by_hour: BTreeMap<i64, Vec<RecordBatch>> = BTreeMap::new();
+    for batch in batches.iter().filter(|b| b.num_rows() > 0) {
+        let ts = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .ok_or_else(|| perr("ts column is not a timestamp".into()))?;
+        let hour = |idx: usize| ts.value(idx).div_euclid(3_600_000);
+        let (lo, hi) = ts
+            .values()
+            .iter()
+            .fold((i64::MAX, i64::MIN), |(lo, hi), &t| (lo.min(t), hi.max(t)));
+        if lo.div_euclid(3_600_000) == hi.div_euclid(3_600_000) {
+            by_hour.entry(hour(0)).or_default().push(batch.clone());
+            continue;
+        }
+        let mut rows: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+        for idx in 0..ts.len() {
+            rows.entry(hour(idx)).or_default().push(idx as u32);
+        }
+        for (h, idx) in rows {
+            let part = take_record_batch(batch, &UInt32Array::from(idx))
+                .map_err(|e| perr(e.to_string()))?;
+            by_hour.entry(h).or_default().push(part);
+        }
     }
+
     let mut entries = Vec::new();
-    for (hour, rows) in by_hour {
-        let part =
-            take_record_batch(&all, &UInt32Array::from(rows)).map_err(|e| FilesError::Parquet {
-                path: data_dir.to_path_buf(),
-                detail: e.to_string(),
-            })?;
+    for (hour, parts) in by_hour {
         let (date, hh) = hour_partition(hour);
         let rel_dir = format!("tables/{}/date={date}/hour={hh:02}", table.name());
         let dir = data_dir.join(&rel_dir);
@@ -186,35 +190,36 @@ pub fn write_table(
         let name = format!("part-{segment:020}.parquet");
         let tmp = dir.join(format!(".{name}.tmp"));
         let path = dir.join(&name);
-        write_parquet(&tmp, &part)?;
+        write_parquet(&tmp, &table.schema(), &parts)?;
         fs::rename(&tmp, &path).map_err(io(&path))?;
         sync_dir(&dir).map_err(|e| FilesError::Parquet {
             path: dir.clone(),
             detail: e.to_string(),
         })?;
-        let part_ts = part
-            .column(0)
-            .as_any()
-            .downcast_ref::<TimestampMillisecondArray>()
-            .map(|a| {
-                (
-                    a.values().iter().copied().min().unwrap_or(0),
-                    a.values().iter().copied().max().unwrap_or(0),
-                )
-            })
-            .unwrap_or((0, 0));
+        let mut span = (i64::MAX, i64::MIN);
+        for part in &parts {
+            if let Some(a) = part
+                .column(0)
+                .as_any()
+                .downcast_ref::<TimestampMillisecondArray>()
+            {
+                for &t in a.values().iter() {
+                    span = (span.0.min(t), span.1.max(t));
+                }
+            }
+        }
         entries.push(FileEntry {
             table: table.name().to_string(),
             path: format!("{rel_dir}/{name}"),
-            rows: part.num_rows() as u64,
-            min_ts_ms: part_ts.0,
-            max_ts_ms: part_ts.1,
+            rows: parts.iter().map(|p| p.num_rows() as u64).sum(),
+            min_ts_ms: span.0,
+            max_ts_ms: span.1,
         });
     }
     Ok(entries)
 }
 
-fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<(), FilesError> {
+fn write_parquet(path: &Path, schema: &SchemaRef, parts: &[RecordBatch]) -> Result<(), FilesError> {
     let perr = |detail: String| FilesError::Parquet {
         path: path.to_path_buf(),
         detail,
@@ -227,8 +232,10 @@ fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<(), FilesError> {
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .build();
     let mut writer =
-        ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(|e| perr(e.to_string()))?;
-    writer.write(batch).map_err(|e| perr(e.to_string()))?;
+        ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|e| perr(e.to_string()))?;
+    for part in parts {
+        writer.write(part).map_err(|e| perr(e.to_string()))?;
+    }
     let file = writer.into_inner().map_err(|e| perr(e.to_string()))?;
     file.sync_all().map_err(io(path))
 }

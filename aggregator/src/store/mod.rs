@@ -40,8 +40,10 @@ pub struct StoreConfig {
     pub data_dir: PathBuf,
     /// Hot data is flushed to Parquet at least this often.
     pub flush_interval: Duration,
-    /// ...or as soon as this many rows are held in memory.
+    /// ...or as soon as this many rows are held in memory,
     pub max_hot_rows: usize,
+    /// ...or this many bytes of Arrow data (hot plus being flushed).
+    pub max_hot_bytes: usize,
     /// Appends that may wait for the WAL before senders wait too.
     pub wal_queue: usize,
 }
@@ -53,6 +55,7 @@ impl StoreConfig {
             data_dir,
             flush_interval: Duration::from_secs(60),
             max_hot_rows: 4_000_000,
+            max_hot_bytes: 256 * 1024 * 1024,
             wal_queue: 1024,
         }
     }
@@ -134,6 +137,8 @@ struct Inner {
     manifest: tokio::sync::Mutex<Manifest>,
     metrics: Metrics,
     flush_wanted: tokio::sync::Notify,
+    /// Signalled after every flush attempt, for ingest waiting for memory.
+    flushed: tokio::sync::Notify,
 }
 
 impl Store {
@@ -210,6 +215,7 @@ impl Store {
                 manifest: tokio::sync::Mutex::new(manifest),
                 metrics,
                 flush_wanted: tokio::sync::Notify::new(),
+                flushed: tokio::sync::Notify::new(),
             }),
         };
         Ok((store, report))
@@ -271,10 +277,34 @@ impl IngestPending {
 
 impl Store {
     fn after_apply(&self) {
-        let rows = lock(&self.inner.state).rows_in_memory();
+        let (rows, bytes) = {
+            let st = lock(&self.inner.state);
+            (st.rows_in_memory(), st.bytes_in_memory())
+        };
         self.inner.metrics.hot_rows.set(rows as i64);
-        if rows >= self.inner.cfg.max_hot_rows {
+        if rows >= self.inner.cfg.max_hot_rows || bytes >= self.inner.cfg.max_hot_bytes {
             self.inner.flush_wanted.notify_one();
+        }
+    }
+
+    /// Returns once the Arrow data in memory (hot plus being flushed) is under 1.5× its
+    /// bound, asking for a flush meanwhile. Ingest calls this before submitting a batch,
+    /// so a flusher slower than the nodes slows their acks instead of growing memory.
+    pub async fn wait_for_room(&self) {
+        let limit = self
+            .inner
+            .cfg
+            .max_hot_bytes
+            .saturating_add(self.inner.cfg.max_hot_bytes / 2);
+        loop {
+            let flushed = self.inner.flushed.notified();
+            tokio::pin!(flushed);
+            flushed.as_mut().enable();
+            if lock(&self.inner.state).bytes_in_memory() < limit {
+                return;
+            }
+            self.inner.flush_wanted.notify_one();
+            flushed.await;
         }
     }
 
@@ -372,6 +402,7 @@ impl Store {
                 self.inner.metrics.flush_errors.inc();
                 tracing::error!(error = %e, "flush to Parquet failed; data stays in memory and in the WAL, will retry");
             }
+            self.inner.flushed.notify_waiters();
         }
         if let Err(e) = self.flush().await {
             tracing::error!(error = %e, "final flush failed; the WAL still holds the data");

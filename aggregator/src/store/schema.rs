@@ -128,6 +128,22 @@ pub struct DecodedBatch {
     pub n_samples: usize,
 }
 
+impl DecodedBatch {
+    /// Arrow memory held (what ingest counts against its in-flight budget).
+    pub fn memory_size(&self) -> usize {
+        self.samples
+            .iter()
+            .chain(&self.events)
+            .map(RecordBatch::get_array_memory_size)
+            .sum::<usize>()
+            + self
+                .derived
+                .iter()
+                .map(|(_, b)| b.get_array_memory_size())
+                .sum::<usize>()
+    }
+}
+
 /// Converts a decoded wire batch of `node` into Arrow record batches.
 ///
 /// String columns are dictionaries whose values are per-series: the wire batch already
