@@ -31,7 +31,7 @@ use super::hub::{Hub, RcaCandidate, RcaInputCounts, RcaResult, StreamMessage, in
 use super::incidents::{Anomaly, Incident, Status};
 use super::rca_bridge::{
     CallEdge, EvidenceEvent, OnsetRule, RcaInput, SeriesData, exhaustion_kind, incident_onset,
-    run_rca, shared_anomalies,
+    rca_nodes, run_rca, shared_anomalies,
 };
 use crate::store::Store;
 
@@ -776,19 +776,15 @@ pub async fn build_rca_input(
     max_series: usize,
 ) -> Result<(RcaInput, Option<i64>), DriverError> {
     let step = step_for(start, end);
-    let mut node_set: BTreeSet<&str> = inc.nodes.iter().map(String::as_str).collect();
-    for (a, b) in graph.pairs() {
-        let other = if inc.components.contains(a) {
-            b
-        } else if inc.components.contains(b) {
-            a
-        } else {
-            continue;
-        };
-        if let Some(n) = component::node_of(other).filter(|n| !n.is_empty()) {
-            node_set.insert(n);
-        }
-    }
+    let pairs: Vec<(&str, &str)> = graph.pairs().collect();
+    let node_set: BTreeSet<String> = rca_nodes(
+        inc.nodes.iter().map(String::as_str),
+        &inc.components,
+        &pairs,
+        MAX_RCA_NODES,
+    )
+    .into_iter()
+    .collect();
     let nodes: Vec<String> = node_set.iter().map(|n| sql_str(n)).collect();
     let node_list = if nodes.is_empty() {
         "''".to_string()
@@ -1083,7 +1079,8 @@ pub async fn build_rca_input(
     // the window, not only the incident's) are the machine's, not a candidate's: they
     // neither set the onset nor count as evidence.
     let sql = format!(
-        "SELECT ts, node, entity, metric, labels FROM anomalies \
+        "SELECT ts, node, entity, metric, labels, score, value, expected, detector, explanation \
+         FROM anomalies \
          WHERE ts >= to_timestamp_millis({start}) AND ts <= to_timestamp_millis({end}) \
          ORDER BY ts LIMIT 50000"
     );
@@ -1097,6 +1094,12 @@ pub async fn build_rca_input(
             c.strings("metric")?,
             c.strings("labels")?,
         );
+        let (score, value, expected) = (
+            c.floats("score")?,
+            c.floats("value")?,
+            c.floats("expected")?,
+        );
+        let (detector, explanation) = (c.strings("detector")?, c.strings("explanation")?);
         for i in 0..b.num_rows() {
             let (Some(ts), Some(node), Some(entity)) = (ts[i], node[i].clone(), entity[i].clone())
             else {
@@ -1110,23 +1113,31 @@ pub async fn build_rca_input(
                 entity,
                 metric: metric[i].clone().unwrap_or_default(),
                 labels,
-                score: 1.0,
-                value: f64::NAN,
-                expected: f64::NAN,
-                detector: String::new(),
+                score: score[i].unwrap_or(0.0),
+                value: value[i].unwrap_or(f64::NAN),
+                expected: expected[i].unwrap_or(f64::NAN),
+                detector: detector[i].clone().unwrap_or_default(),
                 severity: String::new(),
-                explanation: String::new(),
+                explanation: explanation[i].clone().unwrap_or_default(),
             });
         }
     }
-    let shared_keys: BTreeSet<AnomalyKeyRef> = shared_anomalies(&all)
-        .into_iter()
-        .filter_map(|i| all.get(i).map(key_ref))
-        .collect();
-    let own: Vec<Anomaly> = inc
-        .anomalies
+    // Evidence: every unshared anomaly on the RCA's nodes in the window, not only the
+    // incident's (the incident may have been opened by one node's noise while the
+    // fault's anomalies joined another), and the incident's own if the table read was cut.
+    let shared = shared_anomalies(&all);
+    let shared_keys: BTreeSet<AnomalyKeyRef> = shared
         .iter()
-        .filter(|a| !shared_keys.contains(&key_ref(a)))
+        .filter_map(|&i| all.get(i).map(key_ref))
+        .collect();
+    let mut own_keys: BTreeSet<AnomalyKeyRef> = BTreeSet::new();
+    let own: Vec<Anomaly> = all
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| !shared.contains(i) && node_set.contains(&a.node))
+        .map(|(_, a)| a)
+        .chain(inc.anomalies.iter())
+        .filter(|a| !shared_keys.contains(&key_ref(a)) && own_keys.insert(key_ref(a)))
         .map(|a| Anomaly {
             component: cgroups.component(&a.node, &a.entity, &a.labels),
             ..a.clone()
@@ -1233,6 +1244,9 @@ pub async fn build_rca_input(
         onset,
     ))
 }
+
+/// Nodes an incident's RCA input covers at most ([`rca_nodes`]).
+const MAX_RCA_NODES: usize = 32;
 
 /// `(ts, node, entity, metric, labels)` of an anomaly.
 type AnomalyKeyRef = (i64, String, String, String, String);

@@ -126,6 +126,67 @@ pub fn incident_onset(anoms: &[Anomaly], shared: &BTreeSet<usize>, rule: OnsetRu
         .or_else(|| anoms.iter().map(|a| a.ts_ms).min())
 }
 
+/// The nodes an incident's RCA input covers: the incident's own, and those of the
+/// call-graph region around what runs on them: every transitive callee (a cause sits
+/// downstream of its symptoms, maybe several hops away on a node where nothing was
+/// flagged yet) and the direct callers (a crash or a failing caller starves its
+/// callees). Seeds are the incident's components and every graph component on its
+/// nodes (an incident opened by a node's own anomalies names only `host@<node>`). At
+/// most `max_nodes`, the incident's first, then nearest first.
+pub fn rca_nodes<'a>(
+    inc_nodes: impl IntoIterator<Item = &'a str>,
+    inc_components: &BTreeSet<String>,
+    pairs: &[(&'a str, &'a str)],
+    max_nodes: usize,
+) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let push = |n: &str, out: &mut Vec<String>| {
+        if out.len() < max_nodes && !n.is_empty() && !out.iter().any(|o| o == n) {
+            out.push(n.to_string());
+        }
+    };
+    for n in inc_nodes {
+        push(n, &mut out);
+    }
+    let on_incident_node =
+        |c: &str| component::node_of(c).is_some_and(|n| out.iter().any(|o| o == n));
+    let mut seeds: BTreeSet<&str> = BTreeSet::new();
+    for &(a, b) in pairs {
+        for c in [a, b] {
+            if inc_components.contains(c) || on_incident_node(c) {
+                seeds.insert(c);
+            }
+        }
+    }
+    // Breadth first down the call direction from the seeds, plus one hop up.
+    let mut seen: BTreeSet<&str> = seeds.clone();
+    let mut frontier: Vec<&str> = seeds.iter().copied().collect();
+    for &(a, b) in pairs {
+        if seeds.contains(b)
+            && seen.insert(a)
+            && let Some(n) = component::node_of(a)
+        {
+            push(n, &mut out);
+        }
+    }
+    while !frontier.is_empty() {
+        let mut next = Vec::new();
+        for &c in &frontier {
+            if let Some(n) = component::node_of(c) {
+                push(n, &mut out);
+            }
+            for &(a, b) in pairs {
+                if a == c && seen.insert(b) {
+                    next.push(b);
+                }
+            }
+        }
+        next.sort_unstable();
+        frontier = next;
+    }
+    out
+}
+
 /// Standard messages of a resource running out (the `strerror` texts of `ENOSPC`,
 /// `EDQUOT`, `ENOMEM`, `EMFILE`/`ENFILE`, and the usual runtime wordings), lower case,
 /// with the evidence kind they stand for. A service that logs one of these names its
@@ -277,5 +338,31 @@ mod tests {
             Some("memory_exhausted")
         );
         assert_eq!(exhaustion_kind("ERROR upstream returned 502"), None);
+    }
+
+    #[test]
+    fn the_rca_covers_the_graph_region_around_the_incident() {
+        // frontend@n1 -> checkout@n2 -> payments@n3 -> ledger@n4; ops@n5 -> payments@n3;
+        // other@n6 stands apart.
+        let pairs = [
+            ("frontend@n1", "checkout@n2"),
+            ("checkout@n2", "payments@n3"),
+            ("payments@n3", "ledger@n4"),
+            ("ops@n5", "payments@n3"),
+            ("other@n6", "other2@n6"),
+        ];
+        let only_host: BTreeSet<String> = ["host@n1".to_string()].into();
+        // An incident of n1's host alone still reaches the whole chain below frontend.
+        assert_eq!(
+            rca_nodes(["n1"], &only_host, &pairs, 16),
+            ["n1", "n2", "n3", "n4"]
+        );
+        // An incident on payments: its callers one hop up (n2, n5), its callee (n4).
+        let payments: BTreeSet<String> = ["payments@n3".to_string()].into();
+        let mut got = rca_nodes(["n3"], &payments, &pairs, 16);
+        got.sort();
+        assert_eq!(got, ["n2", "n3", "n4", "n5"]);
+        // Bounded.
+        assert_eq!(rca_nodes(["n1"], &only_host, &pairs, 2), ["n1", "n2"]);
     }
 }
