@@ -143,6 +143,9 @@ pub struct RcaConfig {
     /// Scale floor of memory metrics in bytes (a name with the token `bytes`): a couple
     /// of MiB more is not memory pressure on any machine this runs on.
     pub mem_bytes_floor: f64,
+    /// A component's onset (and its symptoms' onset) is the earliest of its items at
+    /// least this share of its strongest (of its strongest symptom).
+    pub onset_share: f64,
     /// Share of the remaining score a root gains from the strongest symptom of a caller
     /// it explains (graph mode).
     pub corroboration: f64,
@@ -182,6 +185,7 @@ impl Default for RcaConfig {
             mem_rel_floor: 0.05,
             mem_bytes_floor: 4.0 * 1024.0 * 1024.0,
             corroboration: 0.3,
+            onset_share: 0.7,
             threads: 0,
         }
     }

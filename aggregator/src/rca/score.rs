@@ -262,8 +262,23 @@ pub fn rank(input: &RcaInput, cfg: &RcaConfig) -> Ranking {
             Item::Series(e) => e.onset_ms,
             Item::Event { event, .. } => input.events[*event].ts_ms,
         };
-        c.onset_ms = c.items.iter().map(onset_of).min();
-        c.symptom_onset_ms = c.items.iter().filter(|i| !i.cause()).map(onset_of).min();
+        // When its main evidence began: items weaker than `onset_share` of its strongest
+        // (a stray anomaly of the noise before the fault) do not set its clock, for the
+        // timing factor nor for explain-away.
+        let top = c.items.iter().map(Item::weighted).fold(0.0, f64::max);
+        let top_symptom = best(&c.items, false);
+        c.onset_ms = c
+            .items
+            .iter()
+            .filter(|i| i.weighted() >= cfg.onset_share * top)
+            .map(onset_of)
+            .min();
+        c.symptom_onset_ms = c
+            .items
+            .iter()
+            .filter(|i| !i.cause() && i.weighted() >= cfg.onset_share * top_symptom)
+            .map(onset_of)
+            .min();
         c.cause = best(&c.items, true);
         c.symptom = best(&c.items, false);
         c.strength = c.cause.max(c.symptom);

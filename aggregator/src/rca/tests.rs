@@ -1304,3 +1304,60 @@ fn a_few_mib_more_is_not_memory_pressure() {
         "{r:?}"
     );
 }
+
+#[test]
+fn a_stray_early_anomaly_does_not_set_a_components_clock() {
+    // frontend -> ledger; ledger fails (errors), frontend's errors follow a second
+    // later; frontend also had one weak unrelated anomaly 9 s before the fault.
+    let sc = Scenario::new(
+        &[("frontend", 80.0), ("ledger", 10.0)],
+        &[("frontend", "ledger")],
+    )
+    .event(
+        "frontend",
+        FAULT - 9,
+        "anomaly",
+        "sched.runq_wakeups_per_s on n1: above",
+    )
+    .event(
+        "frontend",
+        FAULT - 9,
+        "anomaly",
+        "log.templates on n1: above",
+    )
+    .effect(
+        "ledger",
+        "http.errors_per_s",
+        Effect::Step {
+            at: FAULT,
+            delta: 40.0,
+        },
+    )
+    .effect(
+        "frontend",
+        "http.errors_per_s",
+        Effect::Step {
+            at: FAULT + 1,
+            delta: 40.0,
+        },
+    )
+    .window(FAULT - 5, N - 1);
+    let r = check("stray early anomaly", &sc, "ledger", "errors");
+    assert!(
+        kind_of(&r, "frontend").is_some_and(|c| c
+            .evidence
+            .iter()
+            .any(|e| e.note.contains("explained by callee ledger"))),
+        "{r:?}"
+    );
+    let off = RcaConfig {
+        onset_share: 0.0,
+        ..RcaConfig::default()
+    };
+    let r = rank(&sc.input(), &off);
+    assert_eq!(
+        r.ranking.first().map(|c| c.target.as_str()),
+        Some("frontend"),
+        "{r:?}"
+    );
+}
