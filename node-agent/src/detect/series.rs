@@ -69,8 +69,10 @@ const YOUNG_TAIL: f32 = 400.0;
 /// period behind a change-point gate (see `cp_gate`).
 const SEASON_GATE_MAX_PERIOD: i64 = 10_000;
 /// Largest lag of the slow reference behind an unmodelled daily swing, per unit of the
-/// swing's amplitude, that the change-point detector runs with (see `decide_season`).
-const SEASON_LAG_MAX: f64 = 0.05;
+/// swing's amplitude, that the change-point detector runs with (see `decide_season`),
+/// and the fastest reference it may take for that; past it the detector waits instead.
+const SEASON_LAG_MAX: f64 = 0.01;
+const REF_ALPHA_MAX: f64 = 0.15;
 /// Gate tests a daily profile needs before it is first applied.
 const GATE_MIN_ON: u16 = 64;
 /// Daily period, for the wall-clock seasonal profile.
@@ -255,6 +257,11 @@ pub struct SeriesDetector {
     /// ramp's direction relative to it (0: no ramp adopted).
     trend_base: f32,
     ramp_dir: i8,
+    /// Until `ref_until`, the slow reference runs with this smoothing (critically damped)
+    /// instead of `ALPHA_SLOW`: fast enough that an unmodelled daily swing does not look
+    /// like drift (see `decide_season`).
+    ref_alpha: f32,
+    ref_until: u32,
     /// Sample count when the daily profile was last applied or withdrawn.
     drift_start: u32,
     /// Sample count when the ramp was adopted.
@@ -328,6 +335,8 @@ impl SeriesDetector {
             ramp_dir: 0,
             ramp_at: 0,
             drift_start: 0,
+            ref_alpha: 0.0,
+            ref_until: 0,
             cusum_pos: 0.0,
             cusum_neg: 0.0,
             var_cusum: 0.0,
@@ -700,8 +709,14 @@ impl SeriesDetector {
         let trend = self.trend;
         self.lf += trend + ALPHA * ef_c;
         self.trend += BETA * ef_c;
-        self.ls += self.trend_slow + ALPHA_SLOW.max(1.0 / n) * es_c;
-        self.trend_slow += BETA_SLOW * es_c;
+        let (a_slow, b_slow) = if self.n < self.ref_until {
+            let a = f64::from(self.ref_alpha);
+            (a, a * a / 4.0)
+        } else {
+            (ALPHA_SLOW, BETA_SLOW)
+        };
+        self.ls += self.trend_slow + a_slow.max(1.0 / n) * es_c;
+        self.trend_slow += b_slow * es_c;
         let (af, as_) = if young {
             (e_f.abs(), e_s.abs())
         } else {
@@ -1126,12 +1141,23 @@ impl SeriesDetector {
             // A (2π/P)² / BETA_SLOW: at P = 1440 (1-minute steps) a swing of 20 noise
             // scales is 4 scales of drift and would fire the change-point detector all
             // day, at P = 8640 (10 s) 0.1 scales, harmless. Where the lag is large, the
-            // change-point detector waits until the gate can first apply the profile.
+            // slow reference runs faster until the gate can first apply the profile, just
+            // enough to keep the lag at `SEASON_LAG_MAX` (1-minute steps: about 0.09 instead
+            // of 0.02, a memory of 20 samples, still a few times the fast level's); where
+            // even that is not enough (5-minute steps), the change-point detector waits.
             let lag_per_amplitude = (std::f64::consts::TAU / period as f64).powi(2) / BETA_SLOW;
             if lag_per_amplitude > SEASON_LAG_MAX {
                 let first_gate =
                     period as f64 + gate_lag(period as f64) as f64 + GATE_MIN_ON as f64;
-                self.cp_gate = self.n.saturating_add(first_gate as u32);
+                let until = self.n.saturating_add(first_gate as u32);
+                let beta = (std::f64::consts::TAU / period as f64).powi(2) / SEASON_LAG_MAX;
+                let alpha = 2.0 * beta.sqrt();
+                if alpha <= REF_ALPHA_MAX {
+                    self.ref_alpha = alpha as f32;
+                    self.ref_until = until;
+                } else {
+                    self.cp_gate = until;
+                }
             }
         } else {
             // A configured long season is applied from the start; 64 samples of it say
