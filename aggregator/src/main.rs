@@ -10,6 +10,11 @@ use aggregator::query::QueryLimits;
 use aggregator::store::{Store, StoreConfig};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+
+/// Batches decoded on several threads and freed on another (the WAL committer) fragment
+/// glibc's per-thread arenas; jemalloc returns that memory.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use tokio::sync::watch;
 
 #[derive(Parser)]
