@@ -63,6 +63,12 @@ const REQUIREMENTS: &[Requirement] = &[
         why: "C compiler for zstd-sys and ring",
     },
     Requirement {
+        name: "make",
+        check: Check::Program("make", &["--version"]),
+        install: Install::Apt(&["make"]),
+        why: "builds jemalloc (tikv-jemalloc-sys), the aggregator's allocator",
+    },
+    Requirement {
         name: "clippy",
         check: Check::Cargo(&["clippy", "--version"]),
         install: Install::RustupComponent("clippy"),
