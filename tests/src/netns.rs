@@ -597,6 +597,21 @@ pub struct AgentTotals {
     pub shed: u64,
     /// `agent_batches_nacked_total`: batches the aggregator refused (samples not counted).
     pub nacked_batches: u64,
+    /// The agent process's peak resident memory (`VmHWM`), KiB, just before the stop.
+    pub peak_rss_kib: u64,
+}
+
+/// `VmHWM` of a process, KiB (0 if unreadable).
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// Stops the agent cleanly (SIGTERM; it drains) at a moment its counters are final, and
@@ -630,9 +645,11 @@ pub fn stop_agent_counting(
             bail!("agent_samples_built_total did not move in 10 s");
         }
     };
+    let peak_rss_kib = peak_rss_kib(agent.child.id());
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(agent.child.id() as i32, libc::SIGTERM) };
     let totals = AgentTotals {
+        peak_rss_kib,
         built: metric_in(&text, "agent_samples_built_total").unwrap_or(0.0) as u64,
         shed: metric_in(&text, "agent_samples_shed_total").unwrap_or(0.0) as u64,
         nacked_batches: metric_in(&text, "agent_batches_nacked_total").unwrap_or(0.0) as u64,

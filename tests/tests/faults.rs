@@ -46,6 +46,9 @@ fn wait_stored(agg: &Aggregator, n: i64, limit: Duration) -> Option<i64> {
     wait_for(limit, || stored(agg, NODE).ok().filter(|&s| s >= n))
 }
 
+/// Outbox budget (the agent's default `--max-outbox-bytes`) plus its working set.
+const AGENT_PEAK_RSS_KIB: u64 = (16 + 48) * 1024;
+
 /// The agent's totals against what the aggregator holds; prints the figures.
 fn verify(
     test: &str,
@@ -60,11 +63,20 @@ fn verify(
     let expected = totals.built as i64 - totals.shed as i64;
     println!(
         "faults: {test}: generated={} shed={} (agent.shed_samples stored: {reported}) nacked_batches={} \
-         stored={stored} missing={} duplicates={dups}{note}",
+         stored={stored} missing={} duplicates={dups} agent_peak_rss={} KiB{note}",
         totals.built,
         totals.shed,
         totals.nacked_batches,
         expected - stored,
+        totals.peak_rss_kib,
+    );
+    // The agent's memory budget through the fault: its outbox may hold at most
+    // `--max-outbox-bytes` (16 MiB by default) of payloads in memory; everything else it
+    // holds is its working set, which stays under 48 MiB even in a debug build.
+    assert!(
+        totals.peak_rss_kib <= AGENT_PEAK_RSS_KIB,
+        "{test}: the agent peaked at {} KiB, over its budget of {AGENT_PEAK_RSS_KIB} KiB",
+        totals.peak_rss_kib
     );
     assert_eq!(dups, 0, "{test}: duplicate rows");
     assert_eq!(
