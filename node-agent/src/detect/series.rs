@@ -266,6 +266,13 @@ pub struct SeriesDetector {
     drift_start: u32,
     /// Sample count when the ramp was adopted.
     ramp_at: u32,
+    /// A chain of step re-bases (each within `RING` samples of the last): when it began,
+    /// the slow trend before it, and the last re-base. The slow reference learns a ramp
+    /// that was re-based as a series of steps; a change against that learned slope may be
+    /// the ramp's end (see `rebase_level`).
+    chain_at: u32,
+    last_rebase: u32,
+    chain_base: f32,
     cusum_pos: f32,
     cusum_neg: f32,
     var_cusum: f32,
@@ -334,6 +341,9 @@ impl SeriesDetector {
             trend_base: 0.0,
             ramp_dir: 0,
             ramp_at: 0,
+            chain_at: 0,
+            last_rebase: 0,
+            chain_base: 0.0,
             drift_start: 0,
             ref_alpha: 0.0,
             ref_until: 0,
@@ -543,7 +553,7 @@ impl SeriesDetector {
     pub fn debug_state(&self, ts_ms: i64) -> String {
         format!(
             "season {:.3} applied {} lf {:.3} ls {:.3} trend {:.4} trend_slow {:.4} lseason {:.3} \
-             abs_f {:.3} abs_s {:.3} cusum+ {:.2} cusum- {:.2} var {:.2} phi {:.2} open {}",
+             abs_f {:.3} abs_s {:.3} cusum+ {:.2} cusum- {:.2} var {:.2} phi {:.2} open {} ramp {} at {} base {:.4}",
             self.season_at(ts_ms),
             self.season_applied,
             self.lf,
@@ -557,7 +567,10 @@ impl SeriesDetector {
             self.cusum_neg,
             self.var_cusum,
             self.phi(),
-            self.episode.open
+            self.episode.open,
+            self.ramp_dir,
+            self.ramp_at,
+            self.trend_base
         )
     }
 
@@ -811,8 +824,25 @@ impl SeriesDetector {
         // Which recent samples the slope is fitted on: the changed ones, or, for a change
         // against a ramp adopted earlier, everything since it was adopted.
         let against_ramp = self.ramp_dir == -dir;
+        // A chain of step re-bases: the slow reference learned their slope as it went (a
+        // ramp re-based step by step). A change against the slope it learned since the
+        // chain began may be that ramp's end, tested like an adopted ramp's, with the
+        // ramp's own slope fitted.
+        let chained = self.ramp_dir == 0
+            && self.last_rebase > 0
+            && self.n.saturating_sub(self.last_rebase) <= RING as u32;
+        if !chained {
+            self.chain_at = self.n;
+            self.chain_base = self.trend_slow as f32;
+        }
+        let against_chain = chained
+            && self.n < self.ref_until
+            && f64::from(dir) * (self.trend_slow - f64::from(self.chain_base)) < 0.0;
+        self.last_rebase = self.n;
         let span = if against_ramp {
             (self.n.saturating_sub(self.ramp_at) as usize + 1).min(self.ring_len())
+        } else if against_chain {
+            (self.n.saturating_sub(self.chain_at) as usize + 1).min(self.ring_len())
         } else {
             m
         };
@@ -843,10 +873,26 @@ impl SeriesDetector {
                 hinge
                     .filter(|&(_, sse)| sse < sse_line)
                     .map(|(level, _)| level)
+            } else if against_chain {
+                let sse_line: f64 = seg
+                    .iter()
+                    .enumerate()
+                    .map(|(age, &v)| (v - (at_now + b * age as f64)).powi(2))
+                    .sum();
+                // The break costs a parameter: the hinge must beat the line by more than
+                // a 3-sigma residual's worth.
+                hinge_fit_free(seg, f64::from(self.chain_base))
+                    .filter(|&(_, sse)| sse + 9.0 * sig_s * sig_s < sse_line)
+                    .map(|(level, _)| level)
             } else {
                 None
             };
-            if let Some(level) = ended {
+            if let Some(level) = ended.filter(|_| against_chain) {
+                self.trend_slow = f64::from(self.chain_base);
+                self.trend = self.trend_slow;
+                self.last_rebase = 0;
+                ramp = Some(level);
+            } else if let Some(level) = ended {
                 self.trend_slow = f64::from(self.trend_base);
                 self.trend = self.trend_slow;
                 self.ramp_dir = 0;
@@ -1262,6 +1308,39 @@ fn hinge_fit(v: &[f64], slope_after: f64, slope_before: f64) -> Option<(f64, f64
             .sum();
         if sse.is_finite() && best.is_none_or(|(_, b)| sse < b) {
             best = Some((level, sse));
+        }
+    }
+    best
+}
+
+/// Like [`hinge_fit`], with the slope before the break fitted (least squares) instead of
+/// given: a ramp of unknown slope, then `slope_after` up to now. `(level now, SSE)` of the
+/// best break, which is at least 2 samples from either end.
+fn hinge_fit_free(v: &[f64], slope_after: f64) -> Option<(f64, f64)> {
+    let n = v.len() as f64;
+    let mut best: Option<(f64, f64)> = None;
+    for k in 2..v.len().saturating_sub(2) {
+        // y = x + slope_after * min(age, k) = level - s * max(age - k, 0).
+        let (mut su, mut sy, mut suu, mut suy, mut syy) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        for (age, &x) in v.iter().enumerate() {
+            let y = x + slope_after * age.min(k) as f64;
+            let u = age.saturating_sub(k) as f64;
+            su += u;
+            sy += y;
+            suu += u * u;
+            suy += u * y;
+            syy += y * y;
+        }
+        let var_u = suu - su * su / n;
+        if var_u <= 0.0 {
+            continue;
+        }
+        let cov = suy - su * sy / n;
+        let slope = cov / var_u;
+        let level = (sy - slope * su) / n;
+        let sse = (syy - sy * sy / n) - cov * slope;
+        if sse.is_finite() && best.is_none_or(|(_, b)| sse < b) {
+            best = Some((level, sse.max(0.0)));
         }
     }
     best
