@@ -921,11 +921,15 @@ impl SeriesDetector {
         // A ramp's level is its line's value now; a step's the median of its samples.
         let level = ramp.unwrap_or_else(|| median(&mut buf[..m]));
         if level.is_finite() {
-            // The profile's level follows a level shift; a profile not applied is learned
-            // against its own level, which a change of the raw series' level says nothing
-            // about (it may be the daily swing itself).
+            // The profile's level takes the new level, not just the jump: the slow
+            // reference followed part of the change before it was confirmed (a ramp
+            // re-based step by step, a shift's first samples), the profile's own level,
+            // with its memory of two periods, did not, and the gap was learned into the
+            // profile as a daily shape for days and replayed a day later. A profile not
+            // applied is learned against its own level, which a change of the raw series'
+            // level says nothing about (it may be the daily swing itself).
             if self.season_applied {
-                self.lseason += level - self.ls;
+                self.lseason = level;
             }
             self.lf = level;
             self.ls = level;
