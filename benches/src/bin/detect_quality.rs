@@ -504,7 +504,7 @@ fn evaluate(case: &Case, cfg: &DetectConfig) -> (Score, HashMap<Kind, Score>) {
                 if std::env::var_os("DETECT_QUALITY_FP").is_some() {
                     // The nearest window before the episode: most false episodes are
                     // after-effects of a real change.
-                    let prev = case.windows.iter().filter(|w| w.start <= s).last();
+                    let prev = case.windows.iter().rfind(|w| w.start <= s);
                     let (kind, ago) =
                         prev.map_or(("-", 0), |w| (w.kind.name(), s.saturating_sub(w.end)));
                     println!(
