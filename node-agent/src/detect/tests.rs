@@ -131,6 +131,31 @@ fn daily_seasonality_at_one_and_five_minutes_is_not_flagged() {
 }
 
 #[test]
+fn level_change_on_a_daily_series_is_not_replayed_a_day_later() {
+    // A 1-minute daily series whose level rises by 24 noise scales over an hour on day 3
+    // and stays there: reported when it happens, not again when the profile comes round.
+    let step = 60_000;
+    let cfg = DetectConfig::default();
+    for (seed, size) in [(11, 0.4), (12, -0.4), (13, 0.3)] {
+        let mut v = daily(step, 6, seed);
+        let start = 1440 * 3 + 500;
+        for (i, x) in v.iter_mut().enumerate().skip(start) {
+            *x += 2.0 * size * (i - start).min(60) as f64;
+        }
+        let obs = run(&cfg, step, &v);
+        assert!(
+            first_flag(&obs, start).is_some_and(|d| d <= 30),
+            "seed {seed}: ramp not reported"
+        );
+        let later: Vec<usize> = episodes(&obs, start + 200)
+            .into_iter()
+            .filter(|&i| i < start + 1440 + 300)
+            .collect();
+        assert!(later.is_empty(), "seed {seed}: replayed at {later:?}");
+    }
+}
+
+#[test]
 fn seasonal_break_is_detected() {
     let step = 300_000;
     let mut v = daily(step, 14, 9);
