@@ -926,10 +926,18 @@ impl SeriesDetector {
             // re-based step by step, a shift's first samples), the profile's own level,
             // with its memory of two periods, did not, and the gap was learned into the
             // profile as a daily shape for days and replayed a day later. A profile not
-            // applied is learned against its own level, which a change of the raw series'
-            // level says nothing about (it may be the daily swing itself).
+            // applied (a series with no daily cycle, or its first day) is learned against
+            // its own level and the raw series, whose re-based level includes the swing at
+            // this time of day: past its first day its level moves by the jump, else the
+            // shift is learned as shape and the gate may then apply that shape and replay
+            // it. In its first day its level stays put (see `learn_season`).
             if self.season_applied {
                 self.lseason = level;
+            } else if self.season == SEASON_ON
+                && self.n.saturating_sub(self.season_start) as i64 * self.interval_ms
+                    >= self.period_ms
+            {
+                self.lseason += level - self.ls;
             }
             self.lf = level;
             self.ls = level;
