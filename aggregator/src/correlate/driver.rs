@@ -504,47 +504,54 @@ pub async fn load_anomalies(
     );
     let mut out = Vec::new();
     for b in collect(ctx, &sql).await? {
-        let c = Columns(&b);
-        let (ts, node, entity, metric, labels) = (
-            c.ints("ts")?,
-            c.strings("node")?,
-            c.strings("entity")?,
-            c.strings("metric")?,
-            c.strings("labels")?,
-        );
-        let (score, value, expected) = (
-            c.floats("score")?,
-            c.floats("value")?,
-            c.floats("expected")?,
-        );
-        let (detector, severity, explanation) = (
-            c.strings("detector")?,
-            c.strings("severity")?,
-            c.strings("explanation")?,
-        );
-        for i in 0..b.num_rows() {
-            let (Some(ts), Some(node), Some(entity)) = (ts[i], node[i].clone(), entity[i].clone())
-            else {
-                continue;
-            };
-            let labels = labels[i].clone().unwrap_or_default();
-            out.push(Anomaly {
-                ts_ms: ts,
-                component: component_of_series(&node, &entity, &labels),
-                node,
-                entity,
-                metric: metric[i].clone().unwrap_or_default(),
-                labels,
-                score: score[i].unwrap_or(0.0),
-                value: value[i].unwrap_or(f64::NAN),
-                expected: expected[i].unwrap_or(f64::NAN),
-                detector: detector[i].clone().unwrap_or_default(),
-                severity: severity[i].clone().unwrap_or_default(),
-                explanation: explanation[i].clone().unwrap_or_default(),
-            });
-        }
+        push_anomaly_rows(&b, &mut out)?;
     }
     Ok(out)
+}
+
+/// Appends the rows of an `anomalies` query result (the columns `load_anomalies` selects)
+/// as [`Anomaly`]s; rows without a time, node or entity are skipped.
+fn push_anomaly_rows(b: &RecordBatch, out: &mut Vec<Anomaly>) -> Result<(), DriverError> {
+    let c = Columns(b);
+    let (ts, node, entity, metric, labels) = (
+        c.ints("ts")?,
+        c.strings("node")?,
+        c.strings("entity")?,
+        c.strings("metric")?,
+        c.strings("labels")?,
+    );
+    let (score, value, expected) = (
+        c.floats("score")?,
+        c.floats("value")?,
+        c.floats("expected")?,
+    );
+    let (detector, severity, explanation) = (
+        c.strings("detector")?,
+        c.strings("severity")?,
+        c.strings("explanation")?,
+    );
+    for i in 0..b.num_rows() {
+        let (Some(ts), Some(node), Some(entity)) = (ts[i], node[i].clone(), entity[i].clone())
+        else {
+            continue;
+        };
+        let labels = labels[i].clone().unwrap_or_default();
+        out.push(Anomaly {
+            ts_ms: ts,
+            component: component_of_series(&node, &entity, &labels),
+            node,
+            entity,
+            metric: metric[i].clone().unwrap_or_default(),
+            labels,
+            score: score[i].unwrap_or(0.0),
+            value: value[i].unwrap_or(f64::NAN),
+            expected: expected[i].unwrap_or(f64::NAN),
+            detector: detector[i].clone().unwrap_or_default(),
+            severity: severity[i].clone().unwrap_or_default(),
+            explanation: explanation[i].clone().unwrap_or_default(),
+        });
+    }
+    Ok(())
 }
 
 /// Rows aggregated into graph observations at most.
@@ -1079,48 +1086,14 @@ pub async fn build_rca_input(
     // the window, not only the incident's) are the machine's, not a candidate's: they
     // neither set the onset nor count as evidence.
     let sql = format!(
-        "SELECT ts, node, entity, metric, labels, score, value, expected, detector, explanation \
+        "SELECT ts, node, entity, metric, labels, score, value, expected, detector, severity, explanation \
          FROM anomalies \
          WHERE ts >= to_timestamp_millis({start}) AND ts <= to_timestamp_millis({end}) \
          ORDER BY ts LIMIT 50000"
     );
     let mut all: Vec<Anomaly> = Vec::new();
     for b in collect(ctx, &sql).await? {
-        let c = Columns(&b);
-        let (ts, node, entity, metric, labels) = (
-            c.ints("ts")?,
-            c.strings("node")?,
-            c.strings("entity")?,
-            c.strings("metric")?,
-            c.strings("labels")?,
-        );
-        let (score, value, expected) = (
-            c.floats("score")?,
-            c.floats("value")?,
-            c.floats("expected")?,
-        );
-        let (detector, explanation) = (c.strings("detector")?, c.strings("explanation")?);
-        for i in 0..b.num_rows() {
-            let (Some(ts), Some(node), Some(entity)) = (ts[i], node[i].clone(), entity[i].clone())
-            else {
-                continue;
-            };
-            let labels = labels[i].clone().unwrap_or_default();
-            all.push(Anomaly {
-                ts_ms: ts,
-                component: component_of_series(&node, &entity, &labels),
-                node,
-                entity,
-                metric: metric[i].clone().unwrap_or_default(),
-                labels,
-                score: score[i].unwrap_or(0.0),
-                value: value[i].unwrap_or(f64::NAN),
-                expected: expected[i].unwrap_or(f64::NAN),
-                detector: detector[i].clone().unwrap_or_default(),
-                severity: String::new(),
-                explanation: explanation[i].clone().unwrap_or_default(),
-            });
-        }
+        push_anomaly_rows(&b, &mut all)?;
     }
     // Evidence: every unshared anomaly on the RCA's nodes in the window, not only the
     // incident's (the incident may have been opened by one node's noise while the
