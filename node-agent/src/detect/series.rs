@@ -578,19 +578,17 @@ impl SeriesDetector {
     /// towards 0 while few samples back it (`AC_PRIOR` pseudo-samples): a young series'
     /// estimate is noisy, and an overestimate would hide a real drift.
     fn phi(&self) -> f64 {
-        let r = f64::from(self.ac_xy) / f64::from(self.ac_xx).max(1e-9);
-        let n = f64::from(self.n);
-        let r = r * n / (n + AC_PRIOR);
-        if r.is_finite() {
-            r.clamp(0.0, AC_MAX)
-        } else {
-            0.0
-        }
+        self.shrunk_autocorrelation(self.ac_xy, self.ac_xx)
     }
 
     /// Lag-1 autocorrelation of the one-step residual, like [`Self::phi`].
     fn phi_fast(&self) -> f64 {
-        let r = f64::from(self.acf_xy) / f64::from(self.acf_xx).max(1e-9);
+        self.shrunk_autocorrelation(self.acf_xy, self.acf_xx)
+    }
+
+    /// `xy / xx` shrunk towards 0 by `AC_PRIOR` pseudo-samples, in `[0, AC_MAX]`.
+    fn shrunk_autocorrelation(&self, xy: f32, xx: f32) -> f64 {
+        let r = f64::from(xy) / f64::from(xx).max(1e-9);
         let n = f64::from(self.n);
         let r = r * n / (n + AC_PRIOR);
         if r.is_finite() {
