@@ -137,34 +137,46 @@ impl SenderDict {
         raw: &[u8],
     ) -> Result<Option<Vec<u8>>, CodecError> {
         let table = codec::self_contained_key_table(raw)?;
-        if !self.last_ids.is_empty() && table == self.last_table.as_slice() {
-            // The same series as the last batch: same ids, no key to parse or hash.
-            let body = &raw[1 + table.len()..];
-            let mut defs: Vec<u32> = self
-                .last_ids
-                .iter()
-                .copied()
-                .filter(|&id| !self.acked[id as usize])
-                .collect();
-            defs.sort_unstable();
-            defs.dedup();
-            self.in_flight
-                .entry(seq)
-                .or_default()
-                .extend_from_slice(&defs);
-            let defs: Vec<(u32, &SeriesKey)> = defs
-                .iter()
-                .map(|&id| (id, self.keys[id as usize].as_ref()))
-                .collect();
-            return Ok(Some(codec::join_connection_form(
-                &defs,
-                &self.last_ids,
-                body,
-            )));
+        let body = &raw[1 + table.len()..];
+        // Unanswered from now on, even if it goes out self-contained.
+        self.in_flight.entry(seq).or_default();
+        // The same series as the last batch: same ids, no key to parse or hash.
+        if self.last_ids.is_empty() || table != self.last_table.as_slice() {
+            let Some(ids) = self.assign_ids(raw)? else {
+                return Ok(None);
+            };
+            self.last_table.clear();
+            self.last_table.extend_from_slice(table);
+            self.last_ids = ids;
         }
+        // Ascending, so the gaps are mostly zero; once each, should a key repeat.
+        let mut defs: Vec<u32> = self
+            .last_ids
+            .iter()
+            .copied()
+            .filter(|&id| !self.acked[id as usize])
+            .collect();
+        defs.sort_unstable();
+        defs.dedup();
+        self.in_flight
+            .entry(seq)
+            .or_default()
+            .extend_from_slice(&defs);
+        let defs: Vec<(u32, &SeriesKey)> = defs
+            .iter()
+            .map(|&id| (id, self.keys[id as usize].as_ref()))
+            .collect();
+        Ok(Some(codec::join_connection_form(
+            &defs,
+            &self.last_ids,
+            body,
+        )))
+    }
+
+    /// The id of each key of a self-contained payload, in order, assigning new ones; all
+    /// or nothing: `None` (and [`Self::is_full`]) when the new keys do not fit.
+    fn assign_ids(&mut self, raw: &[u8]) -> Result<Option<Vec<u32>>, CodecError> {
         let parts = codec::split_self_contained(raw)?;
-        let carried = self.in_flight.entry(seq).or_default();
-        // What this batch would add, all or nothing.
         let mut new_keys: HashSet<&SeriesKey> = HashSet::new();
         let mut new_bytes = 0usize;
         for key in &parts.keys {
@@ -179,7 +191,6 @@ impl SenderDict {
             return Ok(None);
         }
         let mut ids = Vec::with_capacity(parts.keys.len());
-        let mut defs = Vec::new();
         for key in parts.keys {
             let id = match self.ids.get(&key) {
                 Some(&id) => id,
@@ -194,24 +205,9 @@ impl SenderDict {
                     id
                 }
             };
-            if !self.acked[id as usize] {
-                defs.push(id);
-            }
             ids.push(id);
         }
-        // Ascending, so the gaps are mostly zero; once each, should a key repeat.
-        defs.sort_unstable();
-        defs.dedup();
-        carried.extend_from_slice(&defs);
-        let defs: Vec<(u32, &SeriesKey)> = defs
-            .iter()
-            .map(|&id| (id, self.keys[id as usize].as_ref()))
-            .collect();
-        let form = codec::join_connection_form(&defs, &ids, parts.body);
-        self.last_table.clear();
-        self.last_table.extend_from_slice(table);
-        self.last_ids = ids;
-        Ok(Some(form))
+        Ok(Some(ids))
     }
 
     /// The aggregator acked `seq`: the definitions it carried are known there. Acks come in
